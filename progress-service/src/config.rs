@@ -1,0 +1,103 @@
+//! Settings: every one a flag with an environment fallback (contract §1).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A value that never shows up in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "progress-service",
+    version,
+    about = "MangaHub progress service: storage, gRPC API, change stream"
+)]
+pub struct Config {
+    /// gRPC listen address.
+    #[arg(
+        long = "listen",
+        env = "PROGRESS_LISTEN",
+        default_value = "0.0.0.0:8083"
+    )]
+    pub listen: SocketAddr,
+
+    /// `sqlite://FILE` (embedded, created on first start) or `postgres://…`.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "sqlite://mangahub.db",
+        hide_env_values = true
+    )]
+    pub database_url: Secret,
+
+    /// With a Postgres DATABASE_URL: Redis as hot copy + write-behind queue (hybrid mode).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<Secret>,
+
+    /// When set, every ProgressService call must carry `authorization: Bearer <token>`.
+    #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<Secret>,
+
+    /// How long shutdown waits for in-flight calls.
+    #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
+
+    /// Most writes one batch takes (group commit; hybrid write-behind batch).
+    #[arg(long, env = "BATCH_MAX_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10000))]
+    pub batch_max_size: u32,
+
+    /// Hybrid mode: longest wait before queued writes are flushed to Postgres.
+    #[arg(long, env = "BATCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub batch_interval: Duration,
+
+    /// Most database connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
+    pub database_max_connections: u32,
+
+    /// Postgres: group-commit transactions in flight at once.
+    #[arg(long, env = "WRITE_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub write_shards: u32,
+
+    /// Events a watcher may fall behind before its stream ends with a lag error.
+    #[arg(long, env = "WATCH_BUFFER", default_value_t = 65536)]
+    pub watch_buffer: usize,
+
+    /// Log format: human text or JSON lines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}

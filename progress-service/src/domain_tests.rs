@@ -1,0 +1,200 @@
+use super::*;
+
+fn key() -> ProgressKey {
+    ProgressKey::new("u1", 42).expect("valid key")
+}
+
+fn ch(text: &str) -> Chapter {
+    text.parse().expect("valid chapter")
+}
+
+fn t(micros: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(micros).expect("valid time")
+}
+
+fn cmd(chapter: &str, page: i32, status: Option<Status>, force: bool) -> UpdateCommand {
+    UpdateCommand {
+        key: key(),
+        chapter: ch(chapter),
+        page,
+        status,
+        force,
+    }
+}
+
+fn stored(chapter: &str, page: i32, status: Status, version: i64) -> Progress {
+    Progress {
+        key: key(),
+        chapter: ch(chapter),
+        page,
+        status,
+        version,
+        updated_at: t(1_000_000),
+    }
+}
+
+#[test]
+fn chapter_parses_exactly_and_prints_canonically() {
+    let cases = [
+        ("76", 7600, "76"),
+        ("76.5", 7650, "76.5"),
+        ("76.50", 7650, "76.5"),
+        ("76.0", 7600, "76"),
+        ("76.49", 7649, "76.49"),
+        ("12.25", 1225, "12.25"),
+        ("0", 0, "0"),
+        ("0.05", 5, "0.05"),
+        ("007.1", 710, "7.1"),
+        ("100000", 10_000_000, "100000"),
+        ("100000.00", 10_000_000, "100000"),
+    ];
+    for (text, hundredths, canonical) in cases {
+        let c = ch(text);
+        assert_eq!(c.hundredths(), hundredths, "{text}");
+        assert_eq!(c.to_string(), canonical, "{text}");
+    }
+    assert!(ch("76.5") > ch("76.49"));
+}
+
+#[test]
+fn chapter_rejects_bad_text() {
+    for text in [
+        "76.505",
+        "100000.01",
+        "100001",
+        "-1",
+        "+1",
+        "",
+        ".5",
+        "5.",
+        "1e2",
+        "NaN",
+        "7 6",
+        "76.5.1",
+        "0x10",
+        "99999999999999999999999",
+    ] {
+        let err = text.parse::<Chapter>().expect_err(text);
+        assert_eq!(err.field, "chapter", "{text}");
+    }
+}
+
+#[test]
+fn status_round_trips_and_rejects_unknown() {
+    for s in ["reading", "completed", "on_hold", "dropped", "plan_to_read"] {
+        assert_eq!(s.parse::<Status>().expect(s).as_str(), s);
+    }
+    assert_eq!("done".parse::<Status>().expect_err("bad").field, "status");
+}
+
+#[test]
+fn key_and_page_limits() {
+    assert!(ProgressKey::new("", 1).is_err());
+    assert!(ProgressKey::new("x".repeat(128), 1).is_ok());
+    assert_eq!(
+        ProgressKey::new("x".repeat(129), 1)
+            .expect_err("long")
+            .field,
+        "user_id"
+    );
+    assert_eq!(
+        ProgressKey::new("u", 0).expect_err("zero").field,
+        "manga_id"
+    );
+    assert!(ProgressKey::new("u", MAX_MANGA_ID).is_ok());
+    assert!(ProgressKey::new("u", MAX_MANGA_ID + 1).is_err());
+    assert_eq!(validate_page(0), Ok(0));
+    assert_eq!(validate_page(100_000), Ok(100_000));
+    assert_eq!(validate_page(-1).expect_err("neg").field, "page");
+    assert!(validate_page(100_001).is_err());
+}
+
+#[test]
+fn new_record_starts_at_version_1_reading() {
+    let out = apply_update(None, &cmd("3", 0, None, false), t(5));
+    assert!(out.applied);
+    assert_eq!(out.progress.version, 1);
+    assert_eq!(out.progress.status, Status::Reading);
+    assert_eq!(out.progress.updated_at, t(5));
+    let out = apply_update(None, &cmd("3", 0, Some(Status::PlanToRead), false), t(5));
+    assert_eq!(out.progress.status, Status::PlanToRead);
+}
+
+#[test]
+fn forward_position_applies_and_bumps_version() {
+    let s = stored("10", 5, Status::Reading, 3);
+    for (chapter, page) in [("10", 6), ("10.5", 0), ("11", 0)] {
+        let out = apply_update(Some(&s), &cmd(chapter, page, None, false), t(2_000_000));
+        assert!(out.applied, "{chapter}/{page}");
+        assert_eq!(out.progress.version, 4);
+        assert_eq!(out.progress.chapter, ch(chapter));
+        assert_eq!(out.progress.page, page);
+        assert_eq!(out.progress.updated_at, t(2_000_000));
+    }
+}
+
+#[test]
+fn behind_position_is_ignored_without_force() {
+    let s = stored("10", 5, Status::Reading, 3);
+    for (chapter, page) in [("10", 4), ("9.99", 100), ("0", 0)] {
+        let out = apply_update(Some(&s), &cmd(chapter, page, None, false), t(2_000_000));
+        assert!(!out.applied);
+        assert_eq!(out.progress, s);
+    }
+}
+
+#[test]
+fn force_moves_backwards() {
+    let s = stored("10", 5, Status::Reading, 3);
+    let out = apply_update(Some(&s), &cmd("2", 0, None, true), t(2_000_000));
+    assert!(out.applied);
+    assert_eq!((out.progress.chapter, out.progress.page), (ch("2"), 0));
+    assert_eq!(out.progress.version, 4);
+}
+
+#[test]
+fn same_position_is_a_no_op_even_with_force() {
+    let s = stored("10", 5, Status::Reading, 3);
+    for force in [false, true] {
+        let out = apply_update(Some(&s), &cmd("10.00", 5, None, force), t(2_000_000));
+        assert!(!out.applied);
+        assert_eq!(out.progress.version, 3);
+    }
+    let same_status = cmd("10", 5, Some(Status::Reading), false);
+    assert!(!apply_update(Some(&s), &same_status, t(2_000_000)).applied);
+}
+
+#[test]
+fn named_status_applies_even_when_position_is_behind() {
+    let s = stored("10", 5, Status::Reading, 3);
+    let out = apply_update(
+        Some(&s),
+        &cmd("1", 0, Some(Status::OnHold), false),
+        t(2_000_000),
+    );
+    assert!(out.applied);
+    assert_eq!(out.progress.status, Status::OnHold);
+    assert_eq!((out.progress.chapter, out.progress.page), (ch("10"), 5));
+    assert_eq!(out.progress.version, 4);
+}
+
+#[test]
+fn completed_is_sticky_unless_a_status_is_named() {
+    let s = stored("10", 5, Status::Completed, 3);
+    let out = apply_update(Some(&s), &cmd("11", 0, None, false), t(2_000_000));
+    assert!(out.applied);
+    assert_eq!(out.progress.status, Status::Completed);
+    let out = apply_update(
+        Some(&s),
+        &cmd("11", 0, Some(Status::Reading), false),
+        t(2_000_000),
+    );
+    assert_eq!(out.progress.status, Status::Reading);
+}
+
+#[test]
+fn updated_at_never_goes_backwards() {
+    let s = stored("10", 5, Status::Reading, 3);
+    let out = apply_update(Some(&s), &cmd("11", 0, None, false), t(10));
+    assert_eq!(out.progress.updated_at, t(1_000_001));
+}

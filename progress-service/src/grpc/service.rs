@@ -1,0 +1,207 @@
+//! `ProgressService` implementation: validate, call the store, map the result.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use mangahub_proto::v1 as pb;
+use mangahub_proto::v1::progress_service_server::ProgressService;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use crate::domain::{ProgressKey, validate_user_id};
+use crate::events::{ChangeEvent, EventBus};
+use crate::store::{Cursor, DynStore, ListQuery, WriteMeta};
+
+const DEFAULT_PAGE_SIZE: u32 = 100;
+const MAX_PAGE_SIZE: u32 = 1000;
+/// Events queued per watch stream between the event bus and HTTP/2.
+const WATCH_STREAM_QUEUE: usize = 1024;
+
+#[derive(Clone)]
+pub struct ProgressApi {
+    store: DynStore,
+    events: EventBus,
+    /// Ends every watch stream at shutdown, so the server can drain.
+    shutdown: CancellationToken,
+}
+
+impl ProgressApi {
+    pub fn new(store: DynStore, events: EventBus, shutdown: CancellationToken) -> Self {
+        Self {
+            store,
+            events,
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl ProgressService for ProgressApi {
+    #[tracing::instrument(skip_all, fields(user_id = %request.get_ref().user_id, manga_id = request.get_ref().manga_id))]
+    async fn update_progress(
+        &self,
+        request: Request<pb::UpdateProgressRequest>,
+    ) -> Result<Response<pb::UpdateProgressResponse>, Status> {
+        let req = request.into_inner();
+        let cmd = convert::update_command(&req)?;
+        let meta = WriteMeta {
+            origin: req.origin,
+            private: req.private,
+        };
+        let out = self.store.update(cmd, meta).await?;
+        metrics::counter!("progress_updates_total", "applied" => if out.applied { "true" } else { "false" })
+            .increment(1);
+        Ok(Response::new(pb::UpdateProgressResponse {
+            applied: out.applied,
+            progress: Some(convert::progress(&out.progress)),
+        }))
+    }
+
+    async fn get_progress(
+        &self,
+        request: Request<pb::GetProgressRequest>,
+    ) -> Result<Response<pb::Progress>, Status> {
+        let req = request.into_inner();
+        let key = ProgressKey::new(req.user_id, req.manga_id)?;
+        match self.store.get(&key).await? {
+            Some(p) => Ok(Response::new(convert::progress(&p))),
+            None => Err(not_found(&key)),
+        }
+    }
+
+    async fn list_progress(
+        &self,
+        request: Request<pb::ListProgressRequest>,
+    ) -> Result<Response<pb::ListProgressResponse>, Status> {
+        let req = request.into_inner();
+        validate_user_id(&req.user_id)?;
+        let page_size = match u32::try_from(req.page_size) {
+            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(n) if n <= MAX_PAGE_SIZE => n,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "page_size: must be between 0 and 1000",
+                ));
+            }
+        };
+        let after = match req.page_token.as_str() {
+            "" => None,
+            token => Some(Cursor::decode(token)?),
+        };
+        let updated_since = req
+            .updated_since
+            .as_ref()
+            .map(|t| convert::from_timestamp("updated_since", t))
+            .transpose()?;
+        let query = ListQuery {
+            user_id: req.user_id,
+            updated_since,
+            after,
+            limit: page_size + 1,
+        };
+        let mut items = self.store.list(&query).await?;
+        let next_page_token = if items.len() > page_size as usize {
+            items.truncate(page_size as usize);
+            items
+                .last()
+                .map(|p| Cursor::after(p).encode())
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListProgressResponse {
+            items: items.iter().map(convert::progress).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_progress(
+        &self,
+        request: Request<pb::DeleteProgressRequest>,
+    ) -> Result<Response<pb::DeleteProgressResponse>, Status> {
+        let req = request.into_inner();
+        let key = ProgressKey::new(req.user_id, req.manga_id)?;
+        let meta = WriteMeta {
+            origin: req.origin,
+            private: false,
+        };
+        if self.store.delete(key.clone(), meta).await? {
+            Ok(Response::new(pb::DeleteProgressResponse {}))
+        } else {
+            Err(not_found(&key))
+        }
+    }
+
+    type WatchProgressStream = ReceiverStream<Result<pb::ProgressEvent, Status>>;
+
+    async fn watch_progress(
+        &self,
+        request: Request<pb::WatchProgressRequest>,
+    ) -> Result<Response<Self::WatchProgressStream>, Status> {
+        let req = request.into_inner();
+        let filter = Arc::new(WatchFilter {
+            users: req.user_ids.into_iter().collect(),
+            mangas: req.manga_ids.into_iter().collect(),
+        });
+        let events = self.events.subscribe();
+        let (tx, rx) = mpsc::channel(WATCH_STREAM_QUEUE);
+        tokio::spawn(forward_events(events, filter, tx, self.shutdown.clone()));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+fn not_found(key: &ProgressKey) -> Status {
+    Status::not_found(format!(
+        "no progress for user {} and manga {}",
+        key.user_id, key.manga_id
+    ))
+}
+
+struct WatchFilter {
+    users: HashSet<String>,
+    mangas: HashSet<i64>,
+}
+
+impl WatchFilter {
+    fn matches(&self, ev: &ChangeEvent) -> bool {
+        let key = ev.change.key();
+        (self.users.is_empty() || self.users.contains(&key.user_id))
+            && (self.mangas.is_empty() || self.mangas.contains(&key.manga_id))
+    }
+}
+
+/// Moves matching events to one watcher. Writers never wait for it: when it
+/// falls `WATCH_BUFFER` events behind, the stream ends with `RESOURCE_EXHAUSTED`
+/// and the watcher resynchronises.
+async fn forward_events(
+    mut events: broadcast::Receiver<Arc<ChangeEvent>>,
+    filter: Arc<WatchFilter>,
+    tx: mpsc::Sender<Result<pb::ProgressEvent, Status>>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let item = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tx.closed() => return,
+            received = events.recv() => match received {
+                Ok(ev) if filter.matches(&ev) => Ok(convert::event(&ev)),
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    metrics::counter!("progress_watch_lagged_total").increment(1);
+                    Err(Status::resource_exhausted(format!(
+                        "watcher fell {missed} events behind; resync and watch again"
+                    )))
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+        };
+        let last = item.is_err();
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            sent = tx.send(item) => if sent.is_err() || last { return },
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! Every error crossing the gRPC boundary is mapped here, once.
+
+use tonic::Status;
+
+use crate::domain::ValidationError;
+use crate::store::StoreError;
+
+impl From<ValidationError> for Status {
+    fn from(err: ValidationError) -> Self {
+        Status::invalid_argument(err.to_string())
+    }
+}
+
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(msg) => {
+                tracing::warn!(error = %msg, "storage unavailable");
+                Status::unavailable("storage unavailable, retry later")
+            }
+            StoreError::Internal(msg) => {
+                tracing::error!(error = %msg, "storage error");
+                Status::internal("internal storage error")
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! MangaHub progress service: owns reading-progress storage, serves the gRPC
+//! API of contract §4 and streams every change to watchers (the gateways).
+
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod grpc;
+pub mod startup;
+pub mod store;
+pub mod telemetry;
+
+pub use config::Config;
+pub use startup::{Application, shutdown_signal};

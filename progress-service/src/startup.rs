@@ -1,0 +1,154 @@
+//! Builds the application from its config (binding first, so tests learn the
+//! real port) and runs it until a shutdown signal, then drains and flushes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use mangahub_proto::v1::progress_service_server::ProgressServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::config::Config;
+use crate::events::EventBus;
+use crate::grpc::{ProgressApi, ServiceTokenCheck};
+use crate::store::{self, DynStore, GroupCommitConfig, StoreConfig};
+
+const SERVICE_NAME: &str = "mangahub.progress.v1.ProgressService";
+
+pub struct Application {
+    listener: TcpListener,
+    config: Config,
+    store: DynStore,
+    events: EventBus,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let events = EventBus::new(config.watch_buffer);
+        let store_config = StoreConfig {
+            database_url: config.database_url.expose().to_owned(),
+            db_max_connections: config.database_max_connections,
+            group_commit: GroupCommitConfig {
+                max_batch: config.batch_max_size as usize,
+                shards: config.write_shards as usize,
+            },
+        };
+        let store = store::open(&store_config, events.clone())
+            .await
+            .context("opening the store")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self {
+            listener,
+            config,
+            store,
+            events,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    pub fn store(&self) -> DynStore {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// calls finish within `SHUTDOWN_DRAIN`, and flushes the store.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Application {
+            listener,
+            config,
+            store,
+            events,
+        } = self;
+        let addr = listener.local_addr()?;
+        let stop_watchers = CancellationToken::new();
+        let api = ProgressApi::new(store.clone(), events, stop_watchers.clone());
+        let guarded = ProgressServiceServer::with_interceptor(
+            api,
+            ServiceTokenCheck::new(config.service_token.as_ref()),
+        );
+
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_service_status(SERVICE_NAME, ServingStatus::Serving)
+            .await;
+        health.set_service_status("", ServingStatus::Serving).await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(mangahub_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+
+        let stop_serving = CancellationToken::new();
+        let incoming = TcpListenerStream::new(listener);
+        let server = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .add_service(health_service)
+            .add_service(reflection)
+            .add_service(guarded)
+            .serve_with_incoming_shutdown(incoming, stop_serving.clone().cancelled_owned());
+        let mut server = tokio::spawn(server);
+        tracing::info!(%addr, "progress service listening");
+
+        tokio::select! {
+            result = &mut server => {
+                store.close().await;
+                return result?.context("gRPC server failed");
+            }
+            () = shutdown => {}
+        }
+        tracing::info!(drain = ?config.shutdown_drain, "shutting down");
+        health
+            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        stop_watchers.cancel();
+        stop_serving.cancel();
+        match tokio::time::timeout(config.shutdown_drain, &mut server).await {
+            Ok(result) => result?.context("gRPC server failed")?,
+            Err(_) => {
+                tracing::warn!("in-flight calls did not finish within the drain period");
+                server.abort();
+            }
+        }
+        store.close().await;
+        tracing::info!("progress service stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

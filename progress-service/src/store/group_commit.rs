@@ -1,0 +1,282 @@
+//! Group commit for the SQL stores: concurrent writes queue up, one writer task
+//! per shard takes everything queued (up to `max_batch`) into one transaction,
+//! and every caller's ack waits for that commit.
+//!
+//! Keys are routed to a fixed shard, so a record's writes are planned in
+//! arrival order and never race inside one process. Each row write is guarded
+//! by the version it was planned against; if another process changed the row
+//! meanwhile, the batch is rolled back and planned again on fresh rows.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
+use crate::events::{Change, ChangeEvent, EventBus};
+use crate::store::{StoreError, WriteMeta};
+
+const QUEUE_PER_SHARD: usize = 4096;
+const MAX_CONFLICT_RETRIES: usize = 16;
+
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommitConfig {
+    /// Most writes one transaction takes.
+    pub max_batch: usize,
+    /// Writer tasks (transactions in flight at once).
+    pub shards: usize,
+}
+
+/// Row writes for one batch, each guarded by the version loaded for it.
+#[derive(Debug, Default)]
+pub(crate) struct Writes {
+    pub inserts: Vec<Progress>,
+    pub updates: Vec<(Progress, i64)>,
+    pub deletes: Vec<(ProgressKey, i64)>,
+}
+
+pub(crate) enum Committed {
+    Yes,
+    /// A guard did not match: the transaction was rolled back.
+    Conflict,
+}
+
+pub(crate) type Loaded = HashMap<ProgressKey, Progress>;
+
+/// The engine-specific half: one transaction that loads rows and writes a plan.
+#[async_trait]
+pub(crate) trait SqlBatch: Send + Sync + 'static {
+    async fn load_and_write(
+        &self,
+        keys: &[ProgressKey],
+        plan: &mut (dyn for<'a> FnMut(&'a Loaded) -> Writes + Send),
+    ) -> Result<Committed, StoreError>;
+}
+
+enum Op {
+    Update {
+        cmd: UpdateCommand,
+        meta: WriteMeta,
+        reply: oneshot::Sender<Result<UpdateOutcome, StoreError>>,
+    },
+    Delete {
+        key: ProgressKey,
+        meta: WriteMeta,
+        reply: oneshot::Sender<Result<bool, StoreError>>,
+    },
+}
+
+impl Op {
+    fn key(&self) -> &ProgressKey {
+        match self {
+            Op::Update { cmd, .. } => &cmd.key,
+            Op::Delete { key, .. } => key,
+        }
+    }
+}
+
+enum Outcome {
+    Update(UpdateOutcome),
+    Delete(bool),
+}
+
+pub(crate) struct GroupCommit {
+    shards: RwLock<Option<Vec<mpsc::Sender<Op>>>>,
+    tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl GroupCommit {
+    pub fn start(sql: Arc<dyn SqlBatch>, events: EventBus, config: GroupCommitConfig) -> Self {
+        let mut senders = Vec::new();
+        let mut tasks = Vec::new();
+        for _ in 0..config.shards.max(1) {
+            let (tx, rx) = mpsc::channel(QUEUE_PER_SHARD);
+            senders.push(tx);
+            let writer = Writer {
+                sql: sql.clone(),
+                events: events.clone(),
+                max_batch: config.max_batch.max(1),
+            };
+            tasks.push(tokio::spawn(writer.run(rx)));
+        }
+        Self {
+            shards: RwLock::new(Some(senders)),
+            tasks: tokio::sync::Mutex::new(tasks),
+        }
+    }
+
+    pub async fn update(
+        &self,
+        cmd: UpdateCommand,
+        meta: WriteMeta,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        let key = cmd.key.clone();
+        self.submit(&key, Op::Update { cmd, meta, reply }).await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    pub async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(&key.clone(), Op::Delete { key, meta, reply })
+            .await?;
+        rx.await.map_err(|_| closed())?
+    }
+
+    async fn submit(&self, key: &ProgressKey, op: Op) -> Result<(), StoreError> {
+        let shard = {
+            let guard = self.shards.read().map_err(|_| closed())?;
+            let senders = guard.as_ref().ok_or_else(closed)?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            senders[(hasher.finish() % senders.len() as u64) as usize].clone()
+        };
+        shard.send(op).await.map_err(|_| closed())
+    }
+
+    /// Stops taking writes and waits until every queued one is committed.
+    pub async fn close(&self) {
+        if let Ok(mut guard) = self.shards.write() {
+            guard.take();
+        }
+        for task in self.tasks.lock().await.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+fn closed() -> StoreError {
+    StoreError::Unavailable("store is shutting down".into())
+}
+
+struct Writer {
+    sql: Arc<dyn SqlBatch>,
+    events: EventBus,
+    max_batch: usize,
+}
+
+impl Writer {
+    async fn run(self, mut rx: mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(self.max_batch);
+        while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+            self.commit(&mut batch).await;
+            metrics::histogram!("progress_group_commit_size").record(batch.len() as f64);
+            batch.clear();
+        }
+    }
+
+    async fn commit(&self, ops: &mut Vec<Op>) {
+        let mut keys: Vec<ProgressKey> = ops.iter().map(|op| op.key().clone()).collect();
+        keys.sort();
+        keys.dedup();
+        let mut result = Err(StoreError::Internal("write conflict persisted".into()));
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let now = domain::now();
+            let mut planned = None;
+            let attempt = self
+                .sql
+                .load_and_write(&keys, &mut |loaded| {
+                    let (writes, outcomes, events) = plan(ops, loaded, now);
+                    planned = Some((outcomes, events));
+                    writes
+                })
+                .await;
+            match attempt {
+                Ok(Committed::Yes) => {
+                    result =
+                        planned.ok_or_else(|| StoreError::Internal("batch was not planned".into()));
+                    break;
+                }
+                Ok(Committed::Conflict) => continue,
+                Err(err) => {
+                    result = Err(err);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok((outcomes, events)) => {
+                for event in events {
+                    self.events.publish(event);
+                }
+                for (op, outcome) in ops.drain(..).zip(outcomes) {
+                    reply(op, Ok(outcome));
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, writes = ops.len(), "group commit failed");
+                for op in ops.drain(..) {
+                    reply(op, Err(err.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn reply(op: Op, result: Result<Outcome, StoreError>) {
+    // A caller that went away no longer needs its answer; the write stands.
+    match (op, result) {
+        (Op::Update { reply, .. }, Ok(Outcome::Update(out))) => drop(reply.send(Ok(out))),
+        (Op::Delete { reply, .. }, Ok(Outcome::Delete(existed))) => drop(reply.send(Ok(existed))),
+        (Op::Update { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (Op::Delete { reply, .. }, Err(e)) => drop(reply.send(Err(e))),
+        (Op::Update { reply, .. }, Ok(_)) => drop(reply.send(Err(mismatch()))),
+        (Op::Delete { reply, .. }, Ok(_)) => drop(reply.send(Err(mismatch()))),
+    }
+}
+
+fn mismatch() -> StoreError {
+    StoreError::Internal("batch outcome out of step".into())
+}
+
+/// Applies `ops` in order to the loaded rows: the outcome of each op, the
+/// events to publish, and the row writes that make the final state durable.
+fn plan(
+    ops: &[Op],
+    loaded: &Loaded,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (Writes, Vec<Outcome>, Vec<ChangeEvent>) {
+    let mut state: HashMap<&ProgressKey, Option<Progress>> = HashMap::new();
+    let mut outcomes = Vec::with_capacity(ops.len());
+    let mut events = Vec::new();
+    for op in ops {
+        let key = op.key();
+        let current = state.entry(key).or_insert_with(|| loaded.get(key).cloned());
+        match op {
+            Op::Update { cmd, meta, .. } => {
+                let out = domain::apply_update(current.as_ref(), cmd, now);
+                if out.applied {
+                    *current = Some(out.progress.clone());
+                    events.push(ChangeEvent {
+                        change: Change::Updated(out.progress.clone()),
+                        meta: meta.clone(),
+                    });
+                }
+                outcomes.push(Outcome::Update(out));
+            }
+            Op::Delete { meta, .. } => {
+                let existed = current.take().is_some();
+                if existed {
+                    events.push(ChangeEvent {
+                        change: Change::Deleted(key.clone()),
+                        meta: meta.clone(),
+                    });
+                }
+                outcomes.push(Outcome::Delete(existed));
+            }
+        }
+    }
+    let mut writes = Writes::default();
+    for (key, last) in state {
+        match (loaded.get(key), last) {
+            (None, Some(p)) => writes.inserts.push(p),
+            (Some(before), Some(p)) if *before != p => writes.updates.push((p, before.version)),
+            (Some(before), None) => writes.deletes.push((key.clone(), before.version)),
+            _ => {}
+        }
+    }
+    (writes, outcomes, events)
+}

@@ -1,0 +1,135 @@
+//! Storage behind one trait. `sqlite` and `postgres` share the group-commit
+//! engine in `group_commit`; the hybrid Redis + Postgres store sits beside them.
+
+mod group_commit;
+pub mod postgres;
+mod rows;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome, ValidationError};
+use crate::events::EventBus;
+
+pub use group_commit::GroupCommitConfig;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The storage engine cannot be reached now; the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    #[error("storage error: {0}")]
+    Internal(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match err {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
+            sqlx::Error::Database(db) if is_unavailable_sqlstate(db.code().as_deref()) => {
+                StoreError::Unavailable(db.to_string())
+            }
+            other => StoreError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// Postgres classes 08 (connection), 53 (resources), 57 (operator intervention:
+/// shutdown, cannot connect now); SQLite BUSY (5) and LOCKED (6).
+fn is_unavailable_sqlstate(code: Option<&str>) -> bool {
+    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "5" || c == "6")
+}
+
+/// Where a page of `list` starts: strictly after this `(updated_at, manga_id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cursor {
+    pub updated_at_us: i64,
+    pub manga_id: i64,
+}
+
+impl Cursor {
+    pub fn after(p: &Progress) -> Self {
+        Self {
+            updated_at_us: p.updated_at.timestamp_micros(),
+            manga_id: p.key.manga_id,
+        }
+    }
+
+    /// Opaque page token text.
+    pub fn encode(self) -> String {
+        format!("{}.{}", self.updated_at_us, self.manga_id)
+    }
+
+    pub fn decode(token: &str) -> Result<Self, ValidationError> {
+        let bad = || ValidationError::new("page_token", "not a token returned by this service");
+        let (t, m) = token.split_once('.').ok_or_else(bad)?;
+        Ok(Self {
+            updated_at_us: t.parse().map_err(|_| bad())?,
+            manga_id: m.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ListQuery {
+    pub user_id: String,
+    /// Only records with `updated_at` strictly after this.
+    pub updated_since: Option<DateTime<Utc>>,
+    pub after: Option<Cursor>,
+    /// Page size; stores return at most this many items.
+    pub limit: u32,
+}
+
+/// Who asked for a write, carried onto its event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteMeta {
+    pub origin: String,
+    pub private: bool,
+}
+
+#[async_trait]
+pub trait ProgressStore: Send + Sync + 'static {
+    /// Applies the update durably and publishes an event when it was applied.
+    async fn update(
+        &self,
+        cmd: UpdateCommand,
+        meta: WriteMeta,
+    ) -> Result<UpdateOutcome, StoreError>;
+    async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError>;
+    /// One page in `(updated_at, manga_id)` order.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Progress>, StoreError>;
+    /// Removes the record; `false` when there was none. Publishes a delete event.
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError>;
+    /// Cheap reachability check for readiness.
+    async fn ping(&self) -> Result<(), StoreError>;
+    /// Finishes every accepted write, then stops. Later writes fail `Unavailable`.
+    async fn close(&self);
+}
+
+pub type DynStore = Arc<dyn ProgressStore>;
+
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    pub database_url: String,
+    pub db_max_connections: u32,
+    pub group_commit: GroupCommitConfig,
+}
+
+/// Opens the store the URL selects, applying migrations first.
+pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<DynStore> {
+    let url = config.database_url.as_str();
+    if url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::open(config, events).await?))
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::open(config, events).await?))
+    } else {
+        anyhow::bail!("DATABASE_URL must start with sqlite: or postgres://")
+    }
+}

@@ -1,0 +1,15 @@
+//! Generated types and client/server stubs of `mangahub.progress.v1`.
+
+#![allow(clippy::all, clippy::pedantic, clippy::unwrap_used)]
+
+pub mod progress {
+    pub mod v1 {
+        tonic::include_proto!("mangahub.progress.v1");
+    }
+}
+
+pub use progress::v1;
+
+/// Encoded `FileDescriptorSet` of the proto, for gRPC server reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/progress_descriptor.bin"));
