@@ -1,0 +1,197 @@
+//! Postgres for tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context;
+use sqlx::Connection;
+use sqlx::postgres::PgConnection;
+use tokio::sync::OnceCell;
+
+use crate::{free_port, unique_name, wait_until};
+
+/// Server used for fresh databases; `TEST_DATABASE_URL` overrides it.
+const DEFAULT_ADMIN_URL: &str = "postgres://root@127.0.0.1:5432/postgres";
+
+static FALLBACK: OnceCell<PrivatePostgres> = OnceCell::const_new();
+
+/// Creates an empty database and returns its URL. Migrations are the app's job.
+pub async fn fresh_database() -> anyhow::Result<String> {
+    let admin = match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) if reachable(DEFAULT_ADMIN_URL).await => DEFAULT_ADMIN_URL.to_owned(),
+        Err(_) => FALLBACK
+            .get_or_try_init(PrivatePostgres::start)
+            .await?
+            .url("postgres"),
+    };
+    let name = unique_name("mangahub_test");
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .with_context(|| format!("connecting to test Postgres {admin}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await?;
+    let base = admin
+        .rsplit_once('/')
+        .map_or(admin.as_str(), |(base, _)| base);
+    Ok(format!("{base}/{name}"))
+}
+
+async fn reachable(url: &str) -> bool {
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), PgConnection::connect(url)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// A private cluster (`initdb` + `pg_ctl`, run as the `postgres` user when we
+/// are root) on a free port, removed on drop.
+pub struct PrivatePostgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    bin: PathBuf,
+}
+
+impl PrivatePostgres {
+    pub async fn start() -> anyhow::Result<Self> {
+        let bin = pg_bin_dir()?;
+        let dir = tempfile::Builder::new().prefix("mangahub-pg").tempdir()?;
+        let port = free_port()?;
+        let pg = Self { dir, port, bin };
+        pg.run_as_owner(
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(pg.dir.path()),
+            false,
+        )?;
+        let data = pg.data_dir();
+        pg.run_as_owner(
+            Command::new(pg.bin.join("initdb"))
+                .args(["-A", "trust", "-U", "root", "--no-sync", "-D"])
+                .arg(&data),
+            true,
+        )?;
+        pg.start_server().await?;
+        Ok(pg)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self, database: &str) -> String {
+        format!("postgres://root@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// A new empty database on this cluster.
+    pub async fn fresh_database(&self) -> anyhow::Result<String> {
+        let name = unique_name("mangahub_test");
+        let mut conn = PgConnection::connect(&self.url("postgres")).await?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await?;
+        Ok(self.url(&name))
+    }
+
+    pub async fn start_server(&self) -> anyhow::Result<()> {
+        let data = self.data_dir();
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            self.port,
+            self.dir.path().display()
+        );
+        self.run_as_owner(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-o", &options, "-l"])
+                .arg(self.dir.path().join("server.log"))
+                .args(["-w", "start"]),
+            true,
+        )?;
+        let url = self.url("postgres");
+        wait_until(
+            Duration::from_secs(30),
+            "private Postgres to accept connections",
+            || reachable(&url),
+        )
+        .await
+    }
+
+    /// Fast shutdown: connections are cut, the cluster stays on disk.
+    pub fn stop_server(&self) -> anyhow::Result<()> {
+        self.run_as_owner(
+            Command::new(self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "fast", "-w", "stop"]),
+            true,
+        )
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn run_as_owner(&self, cmd: &mut Command, as_postgres: bool) -> anyhow::Result<()> {
+        let mut cmd = if as_postgres && is_root() {
+            let mut wrapped = Command::new("runuser");
+            wrapped
+                .args(["-u", "postgres", "--"])
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            wrapped
+        } else {
+            std::mem::replace(cmd, Command::new("true"))
+        };
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("running a Postgres tool")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{:?} failed: {}",
+            cmd,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    }
+}
+
+impl Drop for PrivatePostgres {
+    fn drop(&mut self) {
+        let _ = self.stop_server();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+fn pg_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output()
+        && out.status.success()
+    {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut candidates: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path().join("bin"))
+        .filter(|p| Path::new(p).join("initdb").exists())
+        .collect();
+    candidates.sort();
+    candidates
+        .pop()
+        .context("no PostgreSQL server binaries (initdb, pg_ctl) installed")
+}
