@@ -1,0 +1,169 @@
+//! Verifies the JWT of the `auth` message: HS256 with the shared secret, or
+//! RS256/EdDSA with a configured public key. `exp` is required; `alg: none`
+//! and any algorithm without a configured key are rejected before any
+//! signature check, so a public key can never be used as an HMAC secret.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::Config;
+
+/// Who a connection belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user_id: Arc<str>,
+    pub username: Option<Arc<str>>,
+}
+
+/// Why a token was refused (a metrics label; clients only see "invalid token").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("malformed token")]
+    Malformed,
+    #[error("algorithm not accepted")]
+    Algorithm,
+    #[error("bad signature")]
+    Signature,
+    #[error("token expired")]
+    Expired,
+    #[error("claims rejected")]
+    Claims,
+    #[error("token names no user")]
+    NoUser,
+}
+
+impl AuthError {
+    pub fn reason(self) -> &'static str {
+        match self {
+            AuthError::Malformed => "malformed",
+            AuthError::Algorithm => "algorithm",
+            AuthError::Signature => "signature",
+            AuthError::Expired => "expired",
+            AuthError::Claims => "claims",
+            AuthError::NoUser => "no_user",
+        }
+    }
+}
+
+struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+pub struct Authenticator {
+    hmac: Option<Verifier>,
+    public: Option<(Algorithm, Verifier)>,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    user_id: Option<serde_json::Value>,
+    #[serde(default)]
+    sub: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+}
+
+const MAX_USER_ID_BYTES: usize = 128;
+
+impl Authenticator {
+    pub fn from_config(config: &Config) -> anyhow::Result<Self> {
+        let validation = |alg: Algorithm| {
+            let mut v = Validation::new(alg);
+            v.leeway = config.jwt_leeway.as_secs();
+            v.validate_exp = true;
+            let mut required = vec!["exp"];
+            if let Some(iss) = &config.jwt_issuer {
+                v.set_issuer(&[iss]);
+                required.push("iss");
+            }
+            match &config.jwt_audience {
+                Some(aud) => {
+                    v.set_audience(&[aud]);
+                    required.push("aud");
+                }
+                None => v.validate_aud = false,
+            }
+            v.set_required_spec_claims(&required);
+            v
+        };
+        let hmac = config.jwt_secret.as_ref().map(|secret| Verifier {
+            key: DecodingKey::from_secret(secret.expose().as_bytes()),
+            validation: validation(Algorithm::HS256),
+        });
+        let public = match &config.jwt_public_key {
+            None => None,
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("reading the JWT public key {}", path.display()))?;
+                let (alg, key) = if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                    (Algorithm::RS256, key)
+                } else {
+                    let key = DecodingKey::from_ed_pem(&pem).context(
+                        "the JWT public key is neither an RSA nor an Ed25519 PEM public key",
+                    )?;
+                    (Algorithm::EdDSA, key)
+                };
+                Some((
+                    alg,
+                    Verifier {
+                        key,
+                        validation: validation(alg),
+                    },
+                ))
+            }
+        };
+        if hmac.is_none() && public.is_none() {
+            anyhow::bail!("JWT_SECRET (or --jwt-public-key) is required");
+        }
+        if config
+            .jwt_secret
+            .as_ref()
+            .is_some_and(|s| s.expose().is_empty())
+        {
+            anyhow::bail!("JWT_SECRET must not be empty");
+        }
+        Ok(Self { hmac, public })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| AuthError::Malformed)?;
+        let verifier = match (header.alg, &self.hmac, &self.public) {
+            (Algorithm::HS256, Some(v), _) => v,
+            (alg, _, Some((public_alg, v))) if alg == *public_alg => v,
+            _ => return Err(AuthError::Algorithm),
+        };
+        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, &verifier.validation)
+            .map_err(|err| {
+                use jsonwebtoken::errors::ErrorKind;
+                match err.kind() {
+                    ErrorKind::InvalidSignature => AuthError::Signature,
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        AuthError::Algorithm
+                    }
+                    ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) => {
+                        AuthError::Malformed
+                    }
+                    _ => AuthError::Claims,
+                }
+            })?;
+        let claims = data.claims;
+        let user_id = match claims.user_id {
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+            _ => None,
+        }
+        .or(claims.sub)
+        .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_BYTES)
+        .ok_or(AuthError::NoUser)?;
+        Ok(Identity {
+            user_id: user_id.into(),
+            username: claims.username.filter(|u| !u.is_empty()).map(Into::into),
+        })
+    }
+}

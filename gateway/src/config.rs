@@ -1,0 +1,182 @@
+//! Settings: every one a flag with an environment fallback (contract §1).
+//! Secrets never show up in `Debug` output or `--help`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::Parser;
+
+/// A value that never shows up in logs or `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "gateway",
+    version,
+    about = "MangaHub TCP gateway: JSON lines, JWT auth, rate limits, subscriptions, fan-out"
+)]
+pub struct Config {
+    /// TCP listen address (JSON lines, optionally TLS).
+    #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8081")]
+    pub listen: SocketAddr,
+
+    /// gRPC address(es) of the progress service; several (comma-separated) are load-balanced.
+    #[arg(
+        long,
+        env = "PROGRESS_URL",
+        default_value = "http://127.0.0.1:8083",
+        value_delimiter = ','
+    )]
+    pub progress_url: Vec<String>,
+
+    /// Sent as `authorization: Bearer <token>` on every gRPC call.
+    #[arg(long, env = "SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<Secret>,
+
+    /// HS256 secret shared with the account service. Required unless --jwt-public-key is set.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM public key (RSA for RS256, Ed25519 for EdDSA) accepted besides the HS256 secret.
+    #[arg(long, env = "JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// When set, tokens must carry this `iss`.
+    #[arg(long, env = "JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// When set, tokens must carry this `aud`.
+    #[arg(long, env = "JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Clock skew tolerated on `exp`.
+    #[arg(long, env = "JWT_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub jwt_leeway: Duration,
+
+    /// How long a new connection has to send its `auth` message.
+    #[arg(long, env = "AUTH_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub auth_timeout: Duration,
+
+    /// A connection that sends nothing for this long is closed.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Longest accepted line; longer ones are answered MESSAGE_TOO_LARGE and skipped.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(64..=64 * 1024 * 1024))]
+    pub max_message_bytes: u64,
+
+    /// Messages per second per connection (token bucket refill).
+    #[arg(long, env = "RATE_LIMIT_PER_SEC", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_per_sec: u32,
+
+    /// Token bucket size per connection.
+    #[arg(long, env = "RATE_LIMIT_BURST", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_burst: u32,
+
+    /// Messages per second per user across all their connections [default: 4 × RATE_LIMIT_PER_SEC].
+    #[arg(long, env = "RATE_LIMIT_USER_PER_SEC", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_user_per_sec: Option<u32>,
+
+    /// Token bucket size per user [default: 4 × RATE_LIMIT_BURST].
+    #[arg(long, env = "RATE_LIMIT_USER_BURST", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate_limit_user_burst: Option<u32>,
+
+    /// Subscriptions (manga channels + global) per connection.
+    #[arg(long, env = "MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub max_subscriptions: usize,
+
+    /// Connections held at once; further clients wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 250_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: u64,
+
+    /// How long shutdown waits for in-flight requests.
+    #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub shutdown_drain: Duration,
+
+    /// Bytes queued for one connection before it is dropped as a slow consumer.
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub outbound_queue_bytes: u64,
+
+    /// Deadline of one gRPC call to the progress service.
+    #[arg(long, env = "GRPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub grpc_timeout: Duration,
+
+    /// Deadline for connecting to the progress service.
+    #[arg(long, env = "GRPC_CONNECT_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub grpc_connect_timeout: Duration,
+
+    /// Longest pause between attempts to re-open the event stream.
+    #[arg(long, env = "WATCH_RETRY_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub watch_retry_max: Duration,
+
+    /// PEM certificate chain; with --tls-key the port speaks TLS.
+    #[arg(long, env = "TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Log format: human text or JSON lines.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    pub(crate) fn max_message_bytes(&self) -> usize {
+        usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX)
+    }
+
+    pub(crate) fn outbound_queue_bytes(&self) -> usize {
+        usize::try_from(self.outbound_queue_bytes).unwrap_or(usize::MAX)
+    }
+
+    pub(crate) fn max_connections(&self) -> usize {
+        usize::try_from(self.max_connections)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS)
+    }
+
+    pub(crate) fn user_rate(&self) -> (u32, u32) {
+        (
+            self.rate_limit_user_per_sec
+                .unwrap_or(self.rate_limit_per_sec.saturating_mul(4)),
+            self.rate_limit_user_burst
+                .unwrap_or(self.rate_limit_burst.saturating_mul(4)),
+        )
+    }
+}

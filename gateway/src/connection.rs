@@ -1,0 +1,233 @@
+//! One client connection: authentication within `AUTH_TIMEOUT`, then an
+//! in-order request loop with per-connection and per-user rate limits and an
+//! idle timeout. Replies and pushed events share the connection's outbound
+//! queue, drained by its writer task.
+//!
+//! The task's future stays small while idle (request handling is boxed), so
+//! that an idle connection costs little memory.
+
+pub mod lines;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::Quota;
+use serde_json::value::RawValue;
+use tokio::io::AsyncWrite;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, Identity};
+use crate::fanout::{Conn, Limiter, Outbound, outbound};
+use crate::handlers::{self, Backend, Reply, Session};
+use crate::protocol::{ErrorCode, ErrorReply, Request, ServerMessage, SystemCode, parse_line};
+use lines::{Frame, LineReader, ReadSource};
+
+/// What every connection shares.
+pub struct Shared {
+    pub backend: Backend,
+    pub auth: Authenticator,
+    pub tasks: TaskTracker,
+    pub auth_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub shutdown_drain: Duration,
+    pub max_message_bytes: usize,
+    pub outbound_queue_bytes: usize,
+    pub conn_quota: Quota,
+}
+
+const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly";
+
+/// Serves one connection until it closes, is dropped, or the server stops.
+#[tracing::instrument(name = "connection", skip_all, fields(conn_id = id, user_id = tracing::field::Empty))]
+pub async fn serve<R, W>(
+    shared: Arc<Shared>,
+    reader: R,
+    writer: W,
+    id: u64,
+    stop: CancellationToken,
+) where
+    R: ReadSource,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    metrics::gauge!("gateway_connections").increment(1.0);
+    let out = Outbound::new(id, shared.outbound_queue_bytes, stop);
+    shared
+        .tasks
+        .spawn(outbound::write_loop(out.clone(), writer));
+    let mut lines = LineReader::new(reader, shared.max_message_bytes);
+
+    if let Some((identity, auth_id)) = Box::pin(authenticate(&shared, &mut lines, &out)).await {
+        tracing::Span::current().record("user_id", &*identity.user_id);
+        let registry = &shared.backend.fanout.registry;
+        let user_limiter = registry.join(&identity, &out);
+        send(
+            &out,
+            &Reply::new(&ServerMessage::AuthResponse {
+                id: auth_id.as_deref(),
+                success: true,
+                user_id: Some(&identity.user_id),
+                username: identity.username.as_deref(),
+                error: None,
+            }),
+        );
+        let mut session = Session {
+            conn: out.clone(),
+            identity,
+            subscriptions: Vec::new(),
+        };
+        request_loop(&shared, &mut lines, &mut session, &user_limiter).await;
+        registry.leave(&session.identity.user_id, id, &session.subscriptions);
+    }
+    out.close();
+    metrics::gauge!("gateway_connections").decrement(1.0);
+}
+
+fn send(out: &Conn, reply: &Reply) {
+    metrics::counter!("gateway_messages_out_total", "type" => reply.kind).increment(1);
+    out.push(reply.line.clone());
+}
+
+fn send_shutdown(out: &Conn) {
+    metrics::counter!("gateway_messages_out_total", "type" => "system").increment(1);
+    out.push_control(ServerMessage::system(SystemCode::Shutdown, SHUTDOWN_MESSAGE).to_line());
+}
+
+/// Reads the first line; it must be a valid `auth`.
+async fn authenticate<R: ReadSource>(
+    shared: &Shared,
+    lines: &mut LineReader<R>,
+    out: &Conn,
+) -> Option<(Identity, Option<Box<RawValue>>)> {
+    let frame = tokio::select! {
+        () = out.stop_token().cancelled() => {
+            send_shutdown(out);
+            return None;
+        }
+        frame = tokio::time::timeout(shared.auth_timeout, lines.next()) => frame,
+    };
+    let fail = |reason: &'static str| {
+        metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
+    };
+    let line = match frame {
+        Err(_) => {
+            fail("timeout");
+            tracing::debug!("no auth message before the deadline");
+            return None;
+        }
+        Ok(Err(_) | Ok(Frame::Eof)) => return None,
+        Ok(Ok(Frame::TooLarge)) => None,
+        Ok(Ok(Frame::Line(line))) => Some(line),
+    };
+    let (id, request) = match &line {
+        Some(line) => parse_line(line),
+        None => (None, Err(crate::protocol::ParseError::too_large())),
+    };
+    metrics::counter!("gateway_messages_in_total", "type" => request.as_ref().map_or("invalid", Request::kind))
+        .increment(1);
+    let token = match request {
+        Ok(Request::Auth { token }) => token,
+        _ => {
+            fail("auth_required");
+            let reply = ErrorReply::new(
+                ErrorCode::AuthRequired,
+                "the first message must be {\"type\":\"auth\",\"data\":{\"token\":\"<JWT>\"}}",
+            );
+            send(out, &Reply::error(id.as_deref(), &reply));
+            return None;
+        }
+    };
+    let verified = token
+        .as_deref()
+        .ok_or(crate::auth::AuthError::Malformed)
+        .and_then(|t| shared.auth.verify(t));
+    match verified {
+        Ok(identity) => Some((identity, id)),
+        Err(err) => {
+            fail(err.reason());
+            tracing::debug!(reason = err.reason(), "authentication failed");
+            send(
+                out,
+                &Reply::new(&ServerMessage::AuthResponse {
+                    id: id.as_deref(),
+                    success: false,
+                    user_id: None,
+                    username: None,
+                    error: Some("invalid token"),
+                }),
+            );
+            None
+        }
+    }
+}
+
+async fn request_loop<R: ReadSource>(
+    shared: &Shared,
+    lines: &mut LineReader<R>,
+    session: &mut Session,
+    user_limiter: &Limiter,
+) {
+    let out = session.conn.clone();
+    let stop = out.stop_token().clone();
+    let conn_limiter = Limiter::direct(shared.conn_quota);
+    let idle = tokio::time::sleep(shared.idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        let frame = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            () = &mut idle => {
+                tracing::debug!("idle timeout");
+                return;
+            }
+            frame = lines.next() => frame,
+        };
+        idle.as_mut().reset(Instant::now() + shared.idle_timeout);
+        let (id, request) = match frame {
+            Err(_) | Ok(Frame::Eof) => return,
+            Ok(Frame::TooLarge) => (None, Err(crate::protocol::ParseError::too_large())),
+            Ok(Frame::Line(line)) => parse_line(&line),
+        };
+        let kind = request.as_ref().map_or("invalid", Request::kind);
+        metrics::counter!("gateway_messages_in_total", "type" => kind).increment(1);
+        if conn_limiter.check().is_err() || user_limiter.check().is_err() {
+            metrics::counter!("gateway_rate_limited_total").increment(1);
+            let reply = ErrorReply::new(ErrorCode::RateLimited, "Rate limit exceeded");
+            send(&out, &Reply::error(id.as_deref(), &reply));
+            continue;
+        }
+        let request = match request {
+            Ok(request) => request,
+            Err(err) => {
+                send(&out, &Reply::error(err.id.as_deref(), &err.reply));
+                continue;
+            }
+        };
+        let mut handling = Box::pin(handlers::handle(
+            &shared.backend,
+            session,
+            id.as_deref(),
+            request,
+        ));
+        let reply = tokio::select! {
+            biased;
+            reply = &mut handling => reply,
+            () = stop.cancelled() => {
+                if out.is_kicked() {
+                    return;
+                }
+                send_shutdown(&out);
+                match tokio::time::timeout(shared.shutdown_drain, handling).await {
+                    Ok(reply) => send(&out, &reply),
+                    Err(_) => tracing::warn!("in-flight request cut off by the shutdown drain"),
+                }
+                return;
+            }
+        };
+        send(&out, &reply);
+    }
+    if !out.is_kicked() {
+        send_shutdown(&out);
+    }
+}

@@ -1,0 +1,117 @@
+//! Who is connected and who listens where: user → connections (with the
+//! user's shared rate limiter), `manga:<id>` → connections, `global` →
+//! connections. Concurrent maps sharded by key, so connects, subscriptions and
+//! the fan-out of one event never wait on one lock.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use governor::{DefaultDirectRateLimiter, Quota};
+
+use super::outbound::Outbound;
+use crate::auth::Identity;
+use crate::protocol::Channel;
+
+pub type Conn = Arc<Outbound>;
+pub type Limiter = DefaultDirectRateLimiter;
+
+pub(super) struct UserEntry {
+    pub(super) username: Option<Arc<str>>,
+    pub(super) conns: Vec<Conn>,
+    limiter: Arc<Limiter>,
+}
+
+pub struct Registry {
+    pub(super) users: DashMap<Arc<str>, UserEntry>,
+    pub(super) mangas: DashMap<i64, HashMap<u64, Conn>>,
+    pub(super) global: DashMap<u64, Conn>,
+    user_quota: Quota,
+}
+
+pub fn quota(per_sec: u32, burst: u32) -> Quota {
+    let per_sec = NonZeroU32::new(per_sec).unwrap_or(NonZeroU32::MIN);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_sec).allow_burst(burst)
+}
+
+impl Registry {
+    pub fn new(user_quota: Quota) -> Self {
+        Self {
+            users: DashMap::new(),
+            mangas: DashMap::new(),
+            global: DashMap::new(),
+            user_quota,
+        }
+    }
+
+    /// Adds an authenticated connection; returns the user's shared limiter.
+    pub fn join(&self, identity: &Identity, conn: &Conn) -> Arc<Limiter> {
+        let mut entry = self
+            .users
+            .entry(identity.user_id.clone())
+            .or_insert_with(|| UserEntry {
+                username: None,
+                conns: Vec::with_capacity(1),
+                limiter: Arc::new(Limiter::direct(self.user_quota)),
+            });
+        if identity.username.is_some() {
+            entry.username.clone_from(&identity.username);
+        }
+        entry.conns.push(conn.clone());
+        entry.limiter.clone()
+    }
+
+    /// Removes a connection and its subscriptions.
+    pub fn leave(&self, user_id: &str, conn_id: u64, subscriptions: &[Channel]) {
+        for channel in subscriptions {
+            self.unsubscribe(*channel, conn_id);
+        }
+        self.users.remove_if_mut(user_id, |_, entry| {
+            entry.conns.retain(|c| c.id() != conn_id);
+            entry.conns.is_empty()
+        });
+    }
+
+    pub fn subscribe(&self, channel: Channel, conn: &Conn) {
+        match channel {
+            Channel::Global => {
+                self.global.insert(conn.id(), conn.clone());
+            }
+            Channel::Manga(id) => {
+                self.mangas
+                    .entry(id)
+                    .or_default()
+                    .insert(conn.id(), conn.clone());
+            }
+        }
+    }
+
+    pub fn unsubscribe(&self, channel: Channel, conn_id: u64) {
+        match channel {
+            Channel::Global => {
+                self.global.remove(&conn_id);
+            }
+            Channel::Manga(id) => {
+                self.mangas.remove_if_mut(&id, |_, subs| {
+                    subs.remove(&conn_id);
+                    subs.is_empty()
+                });
+            }
+        }
+    }
+
+    /// Every authenticated connection.
+    pub fn for_each_connection(&self, mut f: impl FnMut(&Conn)) {
+        for entry in &self.users {
+            for conn in &entry.conns {
+                f(conn);
+            }
+        }
+    }
+
+    pub fn connected_users(&self) -> usize {
+        self.users.len()
+    }
+}

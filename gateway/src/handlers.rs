@@ -1,0 +1,288 @@
+//! Requests of an authenticated connection → calls to the progress service or
+//! to the subscription registry → one reply line. Every gRPC call has a
+//! deadline, and every gRPC failure is mapped to a protocol code here, once.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mangahub_proto::v1 as pb;
+use serde_json::value::RawValue;
+use tonic::Code;
+
+use crate::auth::Identity;
+use crate::backend::Client;
+use crate::fanout::{Conn, Fanout};
+use crate::protocol::{
+    Channel, ChannelRef, ErrorCode, ErrorReply, ListQuery, MangaRef, Record, RecordList, Request,
+    ServerMessage, UpdateCommand,
+};
+
+/// What every connection's handlers share.
+pub struct Backend {
+    pub client: Client,
+    pub fanout: Arc<Fanout>,
+    pub grpc_timeout: Duration,
+    pub max_subscriptions: usize,
+}
+
+/// One authenticated connection, as the handlers see it.
+pub struct Session {
+    pub conn: Conn,
+    pub identity: Identity,
+    pub subscriptions: Vec<Channel>,
+}
+
+/// A reply line and its `type` (for metrics).
+pub struct Reply {
+    pub kind: &'static str,
+    pub line: Bytes,
+}
+
+impl Reply {
+    pub fn new(message: &ServerMessage<'_>) -> Self {
+        Self {
+            kind: message.kind(),
+            line: message.to_line(),
+        }
+    }
+
+    pub fn error(id: Option<&RawValue>, reply: &ErrorReply) -> Self {
+        Self::new(&ServerMessage::error(id, reply))
+    }
+}
+
+pub async fn handle(
+    backend: &Backend,
+    session: &mut Session,
+    id: Option<&RawValue>,
+    request: Request,
+) -> Reply {
+    let result = match request {
+        Request::ProgressUpdate(cmd) => update(backend, session, id, cmd).await,
+        Request::GetProgress { manga_id } => get(backend, session, id, manga_id).await,
+        Request::ListProgress(query) => list(backend, session, id, query).await,
+        Request::DeleteProgress { manga_id } => delete(backend, session, id, manga_id).await,
+        Request::Subscribe(channel) => subscribe(backend, session, id, channel),
+        Request::Unsubscribe(channel) => {
+            if let Some(pos) = session.subscriptions.iter().position(|c| *c == channel) {
+                session.subscriptions.swap_remove(pos);
+                backend
+                    .fanout
+                    .registry
+                    .unsubscribe(channel, session.conn.id());
+            }
+            Ok(Reply::new(&ServerMessage::Unsubscribed {
+                id,
+                data: ChannelRef {
+                    channel: channel.label(),
+                },
+            }))
+        }
+        Request::Ping => Ok(Reply::new(&ServerMessage::Pong { id })),
+        Request::Auth { .. } => Err(ErrorReply::new(
+            ErrorCode::InvalidMessage,
+            "already authenticated",
+        )),
+    };
+    result.unwrap_or_else(|err| Reply::error(id, &err))
+}
+
+async fn update(
+    backend: &Backend,
+    session: &Session,
+    id: Option<&RawValue>,
+    cmd: UpdateCommand,
+) -> Result<Reply, ErrorReply> {
+    let user_id = &session.identity.user_id;
+    if cmd.user_id.as_deref().is_some_and(|u| u != &**user_id) {
+        return Err(ErrorReply::new(
+            ErrorCode::Forbidden,
+            "user_id does not match the authenticated user",
+        ));
+    }
+    let request = pb::UpdateProgressRequest {
+        user_id: user_id.to_string(),
+        manga_id: cmd.manga_id,
+        chapter: cmd.chapter.to_string(),
+        page: cmd.page,
+        status: cmd.status,
+        force: cmd.force,
+        private: cmd.private,
+        origin: backend.fanout.origin(session.conn.id()),
+    };
+    let mut client = backend.client.clone();
+    let response = call(backend, "UpdateProgress", client.update_progress(request)).await?;
+    Ok(Reply::new(&ServerMessage::ProgressAck {
+        id,
+        applied: response.applied,
+        data: record(response.progress.as_ref())?,
+    }))
+}
+
+async fn get(
+    backend: &Backend,
+    session: &Session,
+    id: Option<&RawValue>,
+    manga_id: i64,
+) -> Result<Reply, ErrorReply> {
+    let request = pb::GetProgressRequest {
+        user_id: session.identity.user_id.to_string(),
+        manga_id,
+    };
+    let mut client = backend.client.clone();
+    let progress = call(backend, "GetProgress", client.get_progress(request)).await?;
+    Ok(Reply::new(&ServerMessage::Progress {
+        id,
+        data: record(Some(&progress))?,
+    }))
+}
+
+async fn list(
+    backend: &Backend,
+    session: &Session,
+    id: Option<&RawValue>,
+    query: ListQuery,
+) -> Result<Reply, ErrorReply> {
+    let request = pb::ListProgressRequest {
+        user_id: session.identity.user_id.to_string(),
+        updated_since: query.updated_since.map(|t| prost_types::Timestamp {
+            seconds: t.timestamp(),
+            nanos: i32::try_from(t.timestamp_subsec_nanos()).unwrap_or(0),
+        }),
+        page_size: i32::try_from(query.limit).unwrap_or(1000),
+        page_token: query.cursor.unwrap_or_default(),
+    };
+    let mut client = backend.client.clone();
+    let response = call(backend, "ListProgress", client.list_progress(request)).await?;
+    let items = response
+        .items
+        .iter()
+        .map(|p| record(Some(p)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let next_cursor = Some(response.next_page_token).filter(|t| !t.is_empty());
+    Ok(Reply::new(&ServerMessage::ProgressList {
+        id,
+        data: RecordList { items, next_cursor },
+    }))
+}
+
+async fn delete(
+    backend: &Backend,
+    session: &Session,
+    id: Option<&RawValue>,
+    manga_id: i64,
+) -> Result<Reply, ErrorReply> {
+    let request = pb::DeleteProgressRequest {
+        user_id: session.identity.user_id.to_string(),
+        manga_id,
+        origin: backend.fanout.origin(session.conn.id()),
+    };
+    let mut client = backend.client.clone();
+    call(backend, "DeleteProgress", client.delete_progress(request)).await?;
+    Ok(Reply::new(&ServerMessage::ProgressDeleted {
+        id,
+        channel: None,
+        data: MangaRef { manga_id },
+    }))
+}
+
+fn subscribe(
+    backend: &Backend,
+    session: &mut Session,
+    id: Option<&RawValue>,
+    channel: Channel,
+) -> Result<Reply, ErrorReply> {
+    if !session.subscriptions.contains(&channel) {
+        if session.subscriptions.len() >= backend.max_subscriptions {
+            return Err(ErrorReply::new(
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "at most {} subscriptions per connection",
+                    backend.max_subscriptions
+                ),
+            ));
+        }
+        backend.fanout.registry.subscribe(channel, &session.conn);
+        session.subscriptions.push(channel);
+    }
+    Ok(Reply::new(&ServerMessage::Subscribed {
+        id,
+        data: ChannelRef {
+            channel: channel.label(),
+        },
+    }))
+}
+
+fn record(progress: Option<&pb::Progress>) -> Result<Record, ErrorReply> {
+    progress.and_then(Record::from_pb).ok_or_else(|| {
+        tracing::error!("the progress service answered a malformed record");
+        ErrorReply::new(ErrorCode::Internal, "internal error")
+    })
+}
+
+async fn call<T>(
+    backend: &Backend,
+    method: &'static str,
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, ErrorReply> {
+    let started = Instant::now();
+    let result = tokio::time::timeout(backend.grpc_timeout, call).await;
+    let (code, result) = match result {
+        Ok(Ok(response)) => ("OK", Ok(response.into_inner())),
+        Ok(Err(status)) => (code_label(status.code()), Err(map_status(method, &status))),
+        Err(_) => {
+            tracing::warn!(method, "progress service call timed out");
+            ("TIMEOUT", Err(unavailable()))
+        }
+    };
+    metrics::histogram!("gateway_grpc_request_duration_seconds", "method" => method, "code" => code)
+        .record(started.elapsed());
+    result
+}
+
+fn unavailable() -> ErrorReply {
+    ErrorReply::new(
+        ErrorCode::Unavailable,
+        "progress service unavailable, retry later",
+    )
+}
+
+fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
+    match status.code() {
+        Code::NotFound => ErrorReply::new(ErrorCode::NotFound, status.message().to_owned()),
+        Code::InvalidArgument => {
+            let message = status
+                .message()
+                .replace("page_token", "cursor")
+                .replace("page_size", "limit");
+            ErrorReply::new(ErrorCode::InvalidData, message)
+        }
+        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => {
+            tracing::warn!(method, code = ?status.code(), message = status.message(), "progress service unavailable");
+            unavailable()
+        }
+        code => {
+            tracing::error!(
+                method,
+                ?code,
+                message = status.message(),
+                "progress service call failed"
+            );
+            ErrorReply::new(ErrorCode::Internal, "internal error")
+        }
+    }
+}
+
+fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::NotFound => "NOT_FOUND",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+        _ => "OTHER",
+    }
+}

@@ -1,0 +1,398 @@
+//! Client → gateway messages. A line is parsed in two steps: the envelope
+//! (`type`, `id`, `data`) first, so that every error can echo the `id`, then
+//! `data` for the named type, field by field, so that `INVALID_DATA` names the
+//! field at fault.
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
+
+use super::chapter::{Chapter, ChapterError};
+use super::{ErrorCode, ErrorReply, RequestId};
+
+const MAX_MANGA_ID: i64 = (1 << 53) - 1;
+const MAX_PAGE: i64 = 100_000;
+const STATUSES: [&str; 5] = ["reading", "completed", "on_hold", "dropped", "plan_to_read"];
+
+/// A subscription target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Manga(i64),
+    Global,
+}
+
+impl Channel {
+    pub fn label(self) -> String {
+        match self {
+            Channel::Manga(id) => format!("manga:{id}"),
+            Channel::Global => "global".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateCommand {
+    pub manga_id: i64,
+    pub chapter: Chapter,
+    pub page: i32,
+    pub status: Option<String>,
+    pub force: bool,
+    pub private: bool,
+    pub user_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub updated_since: Option<chrono::DateTime<chrono::Utc>>,
+    pub limit: u32,
+    pub cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Auth { token: Option<String> },
+    ProgressUpdate(UpdateCommand),
+    GetProgress { manga_id: i64 },
+    ListProgress(ListQuery),
+    DeleteProgress { manga_id: i64 },
+    Subscribe(Channel),
+    Unsubscribe(Channel),
+    Ping,
+}
+
+impl Request {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Auth { .. } => "auth",
+            Request::ProgressUpdate(_) => "progress_update",
+            Request::GetProgress { .. } => "get_progress",
+            Request::ListProgress(_) => "list_progress",
+            Request::DeleteProgress { .. } => "delete_progress",
+            Request::Subscribe(_) => "subscribe",
+            Request::Unsubscribe(_) => "unsubscribe",
+            Request::Ping => "ping",
+        }
+    }
+}
+
+/// A field that is missing, mistyped or out of range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl DataError {
+    fn new(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field,
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a line was not a request; `id` is set whenever the line had one.
+#[derive(Debug)]
+pub struct ParseError {
+    pub id: Option<RequestId>,
+    pub reply: ErrorReply,
+}
+
+impl ParseError {
+    /// A line longer than `MAX_MESSAGE_BYTES` (it has no readable `id`).
+    pub fn too_large() -> Self {
+        Self::new(
+            None,
+            ErrorCode::MessageTooLarge,
+            "line longer than MAX_MESSAGE_BYTES; skipped up to its newline",
+        )
+    }
+
+    fn new(id: Option<RequestId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            reply: ErrorReply::new(code, message.into()),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// Parses one line (without its `\n`) into its `id` and request.
+pub fn parse_line(line: &[u8]) -> (Option<RequestId>, Result<Request, ParseError>) {
+    let Ok(text) = std::str::from_utf8(line) else {
+        return (
+            None,
+            Err(ParseError::new(
+                None,
+                ErrorCode::InvalidJson,
+                "message is not valid UTF-8",
+            )),
+        );
+    };
+    let envelope: Envelope<'_> = match serde_json::from_str(text) {
+        Ok(envelope) => envelope,
+        Err(err) => {
+            let (code, message) = if serde_json::from_str::<IgnoredAny>(text).is_ok() {
+                (
+                    ErrorCode::InvalidMessage,
+                    "message must be an object with a string \"type\"".to_owned(),
+                )
+            } else {
+                (ErrorCode::InvalidJson, format!("invalid JSON: {err}"))
+            };
+            return (None, Err(ParseError::new(None, code, message)));
+        }
+    };
+    let id = match envelope.id {
+        None => None,
+        Some(raw) if is_string_or_number(raw) => Some(raw.to_owned()),
+        Some(_) => {
+            return (
+                None,
+                Err(ParseError::new(
+                    None,
+                    ErrorCode::InvalidMessage,
+                    "\"id\" must be a string or a number",
+                )),
+            );
+        }
+    };
+    let kind = match envelope
+        .kind
+        .map(|raw| serde_json::from_str::<String>(raw.get()))
+    {
+        Some(Ok(kind)) => kind,
+        _ => {
+            return (
+                id.clone(),
+                Err(ParseError::new(
+                    id,
+                    ErrorCode::InvalidMessage,
+                    "message must be an object with a string \"type\"",
+                )),
+            );
+        }
+    };
+    let request = parse_request(&kind, envelope.data).map_err(|err| match err {
+        RequestError::UnknownType => ParseError::new(
+            id.clone(),
+            ErrorCode::UnknownType,
+            format!("unknown message type {kind:?}"),
+        ),
+        RequestError::Data(err) => ParseError::new(
+            id.clone(),
+            ErrorCode::InvalidData,
+            format!("{}: {}", err.field, err.message),
+        ),
+    });
+    (id, request)
+}
+
+fn is_string_or_number(raw: &RawValue) -> bool {
+    matches!(
+        raw.get().as_bytes().first(),
+        Some(b'"' | b'-' | b'0'..=b'9')
+    )
+}
+
+enum RequestError {
+    UnknownType,
+    Data(DataError),
+}
+
+impl From<DataError> for RequestError {
+    fn from(err: DataError) -> Self {
+        RequestError::Data(err)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Fields<'a> {
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    manga_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    chapter: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    page: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    force: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    private: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    updated_since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    limit: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cursor: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+}
+
+fn parse_request(kind: &str, data: Option<&RawValue>) -> Result<Request, RequestError> {
+    let known = matches!(
+        kind,
+        "auth"
+            | "progress_update"
+            | "get_progress"
+            | "list_progress"
+            | "delete_progress"
+            | "subscribe"
+            | "unsubscribe"
+            | "ping"
+    );
+    if !known {
+        return Err(RequestError::UnknownType);
+    }
+    let f: Fields<'_> = match data {
+        None => Fields::default(),
+        Some(raw) if raw.get().starts_with('{') => serde_json::from_str(raw.get())
+            .map_err(|err| DataError::new("data", err.to_string()))?,
+        Some(_) => return Err(DataError::new("data", "must be an object").into()),
+    };
+    Ok(match kind {
+        "auth" => Request::Auth {
+            token: opt_string("token", f.token).ok().flatten(),
+        },
+        "progress_update" => Request::ProgressUpdate(UpdateCommand {
+            manga_id: manga_id(f.manga_id)?,
+            chapter: chapter(f.chapter)?,
+            page: page(f.page)?,
+            status: status(f.status)?,
+            force: opt_bool("force", f.force)?,
+            private: opt_bool("private", f.private)?,
+            user_id: opt_string("user_id", f.user_id)?,
+        }),
+        "get_progress" => Request::GetProgress {
+            manga_id: manga_id(f.manga_id)?,
+        },
+        "list_progress" => Request::ListProgress(ListQuery {
+            updated_since: updated_since(f.updated_since)?,
+            limit: limit(f.limit)?,
+            cursor: opt_string("cursor", f.cursor)?.filter(|c| !c.is_empty()),
+        }),
+        "delete_progress" => Request::DeleteProgress {
+            manga_id: manga_id(f.manga_id)?,
+        },
+        "subscribe" => Request::Subscribe(channel(f.manga_id, f.channel)?),
+        "unsubscribe" => Request::Unsubscribe(channel(f.manga_id, f.channel)?),
+        _ => Request::Ping,
+    })
+}
+
+fn int(field: &'static str, raw: &RawValue, min: i64, max: i64) -> Result<i64, DataError> {
+    serde_json::from_str::<i64>(raw.get())
+        .ok()
+        .filter(|v| (min..=max).contains(v))
+        .ok_or_else(|| DataError::new(field, format!("must be an integer between {min} and {max}")))
+}
+
+fn manga_id(raw: Option<&RawValue>) -> Result<i64, DataError> {
+    let raw = raw.ok_or_else(|| DataError::new("manga_id", "is required"))?;
+    int("manga_id", raw, 1, MAX_MANGA_ID)
+}
+
+fn chapter(raw: Option<&RawValue>) -> Result<Chapter, DataError> {
+    let raw = raw.ok_or_else(|| DataError::new("chapter", "is required"))?;
+    if raw.get().starts_with('"') {
+        return Err(DataError::new("chapter", "must be a number, not a string"));
+    }
+    raw.get()
+        .parse()
+        .map_err(|err: ChapterError| DataError::new("chapter", err.to_string()))
+}
+
+fn page(raw: Option<&RawValue>) -> Result<i32, DataError> {
+    match raw {
+        None => Ok(0),
+        Some(raw) => int("page", raw, 0, MAX_PAGE)
+            .and_then(|p| i32::try_from(p).map_err(|_| DataError::new("page", "out of range"))),
+    }
+}
+
+fn status(raw: Option<&RawValue>) -> Result<Option<String>, DataError> {
+    let Some(status) = opt_string("status", raw)? else {
+        return Ok(None);
+    };
+    if STATUSES.contains(&status.as_str()) {
+        Ok(Some(status))
+    } else {
+        Err(DataError::new(
+            "status",
+            "must be one of reading, completed, on_hold, dropped, plan_to_read",
+        ))
+    }
+}
+
+fn opt_bool(field: &'static str, raw: Option<&RawValue>) -> Result<bool, DataError> {
+    match raw {
+        None => Ok(false),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|_| DataError::new(field, "must be true or false")),
+    }
+}
+
+fn opt_string(field: &'static str, raw: Option<&RawValue>) -> Result<Option<String>, DataError> {
+    raw.map(|raw| {
+        serde_json::from_str::<String>(raw.get())
+            .map_err(|_| DataError::new(field, "must be a string"))
+    })
+    .transpose()
+}
+
+fn updated_since(
+    raw: Option<&RawValue>,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, DataError> {
+    let Some(text) = opt_string("updated_since", raw)? else {
+        return Ok(None);
+    };
+    chrono::DateTime::parse_from_rfc3339(&text)
+        .map(|t| Some(t.with_timezone(&chrono::Utc)))
+        .map_err(|_| DataError::new("updated_since", "must be an RFC 3339 timestamp"))
+}
+
+fn limit(raw: Option<&RawValue>) -> Result<u32, DataError> {
+    match raw {
+        None => Ok(100),
+        Some(raw) => int("limit", raw, 1, 1000)
+            .and_then(|l| u32::try_from(l).map_err(|_| DataError::new("limit", "out of range"))),
+    }
+}
+
+fn channel(manga: Option<&RawValue>, channel: Option<&RawValue>) -> Result<Channel, DataError> {
+    match (manga, opt_string("channel", channel)?) {
+        (Some(raw), None) => Ok(Channel::Manga(int("manga_id", raw, 1, MAX_MANGA_ID)?)),
+        (None, Some(name)) => {
+            if name == "global" {
+                return Ok(Channel::Global);
+            }
+            name.strip_prefix("manga:")
+                .and_then(|id| id.parse::<i64>().ok())
+                .filter(|id| (1..=MAX_MANGA_ID).contains(id))
+                .map(Channel::Manga)
+                .ok_or_else(|| DataError::new("channel", "must be \"global\" or \"manga:<id>\""))
+        }
+        (Some(_), Some(_)) => Err(DataError::new(
+            "channel",
+            "give either manga_id or channel, not both",
+        )),
+        (None, None) => Err(DataError::new(
+            "manga_id",
+            "manga_id or channel is required",
+        )),
+    }
+}

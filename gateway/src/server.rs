@@ -1,0 +1,284 @@
+//! The accept loop: a connection permit is taken before `accept` (so at most
+//! `MAX_CONNECTIONS` are held and further clients wait in the backlog),
+//! accept errors back off instead of spinning, and shutdown stops accepting,
+//! tells every connection to finish, and waits for them within the drain.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::backend;
+use crate::config::Config;
+use crate::connection::{self, Shared};
+use crate::fanout::Fanout;
+use crate::fanout::registry::{Registry, quota};
+use crate::fanout::watch::{self as event_stream, WatchSettings};
+use crate::handlers::Backend;
+
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Tells whether the gateway's event stream to the progress service is up.
+#[derive(Clone)]
+pub struct Readiness(watch::Receiver<bool>);
+
+impl Readiness {
+    pub fn is_ready(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Waits until ready; false if the gateway stopped first.
+    pub async fn wait(&mut self) -> bool {
+        self.0.wait_for(|ready| *ready).await.is_ok()
+    }
+}
+
+/// A gateway bound to its listener, ready to run.
+pub struct Gateway {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    max_connections: usize,
+    watch_settings: WatchSettings,
+    ready_tx: watch::Sender<bool>,
+    ready_rx: watch::Receiver<bool>,
+}
+
+impl Gateway {
+    /// Checks the configuration and prepares everything; needs a Tokio runtime.
+    pub fn build(listener: TcpListener, config: Config) -> anyhow::Result<Self> {
+        let auth = Authenticator::from_config(&config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        let client = backend::client(&config)?;
+        let (user_rate, user_burst) = config.user_rate();
+        let fanout = Arc::new(Fanout::new(Registry::new(quota(user_rate, user_burst))));
+        let shared = Arc::new(Shared {
+            backend: Backend {
+                client,
+                fanout,
+                grpc_timeout: config.grpc_timeout,
+                max_subscriptions: config.max_subscriptions,
+            },
+            auth,
+            tasks: TaskTracker::new(),
+            auth_timeout: config.auth_timeout,
+            idle_timeout: config.idle_timeout,
+            shutdown_drain: config.shutdown_drain,
+            max_message_bytes: config.max_message_bytes(),
+            outbound_queue_bytes: config.outbound_queue_bytes(),
+            conn_quota: quota(config.rate_limit_per_sec, config.rate_limit_burst),
+        });
+        let (ready_tx, ready_rx) = watch::channel(false);
+        Ok(Self {
+            listener,
+            shared,
+            tls,
+            max_connections: config.max_connections(),
+            watch_settings: WatchSettings {
+                open_timeout: config.grpc_timeout,
+                retry_max: config.watch_retry_max,
+            },
+            ready_tx,
+            ready_rx,
+        })
+    }
+
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn readiness(&self) -> Readiness {
+        Readiness(self.ready_rx.clone())
+    }
+
+    /// Serves until `shutdown` resolves, then drains and returns.
+    pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
+        let Gateway {
+            listener,
+            shared,
+            tls,
+            max_connections,
+            watch_settings,
+            ready_tx,
+            ready_rx: _,
+        } = self;
+        let stop = CancellationToken::new();
+        let stream_task = tokio::spawn(event_stream::run(
+            shared.backend.fanout.clone(),
+            shared.backend.client.clone(),
+            watch_settings,
+            ready_tx,
+            stop.clone(),
+        ));
+        tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "gateway listening");
+
+        let permits = Arc::new(Semaphore::new(max_connections));
+        let next_id = AtomicU64::new(1);
+        let mut backoff = Duration::from_millis(5);
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                _ = &mut shutdown => break,
+                permit = permits.clone().acquire_owned() => permit.context("connection semaphore closed")?,
+            };
+            let accepted = tokio::select! {
+                _ = &mut shutdown => break,
+                accepted = listener.accept() => accepted,
+            };
+            let stream = match accepted {
+                Ok((stream, _peer)) => {
+                    backoff = Duration::from_millis(5);
+                    stream
+                }
+                Err(err) if is_per_connection(&err) => continue,
+                Err(err) => {
+                    tracing::warn!(%err, retry_in = ?backoff, "accept failed");
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                    continue;
+                }
+            };
+            configure(&stream);
+            let id = next_id.fetch_add(1, Ordering::Relaxed);
+            let conn_stop = stop.child_token();
+            let shared_for_conn = shared.clone();
+            let tls = tls.clone();
+            shared.tasks.spawn(async move {
+                start_connection(shared_for_conn, stream, tls, id, conn_stop).await;
+                drop(permit);
+            });
+        }
+
+        drop(listener);
+        tracing::info!(drain = ?shared.shutdown_drain, "shutting down: no longer accepting");
+        stop.cancel();
+        shared.tasks.close();
+        let deadline = shared.shutdown_drain + Duration::from_secs(2);
+        if tokio::time::timeout(deadline, shared.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after the drain period");
+        }
+        let _ = stream_task.await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    }
+}
+
+/// Binds nothing itself: serves on `listener` until `shutdown` resolves.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future,
+) -> anyhow::Result<()> {
+    Gateway::build(listener, config)?.run(shutdown).await
+}
+
+async fn start_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    id: u64,
+    stop: CancellationToken,
+) {
+    match tls {
+        None => {
+            let (reader, writer) = stream.into_split();
+            connection::serve(shared, reader, writer, id, stop).await;
+        }
+        Some(acceptor) => {
+            let handshake = tokio::time::timeout(shared.auth_timeout, acceptor.accept(stream));
+            let stream = tokio::select! {
+                () = stop.cancelled() => return,
+                result = handshake => match result {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(err)) => {
+                        tracing::debug!(conn_id = id, %err, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            let (reader, writer) = tokio::io::split(stream);
+            connection::serve(shared, reader, writer, id, stop).await;
+        }
+    }
+}
+
+fn configure(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new().with_time(Duration::from_secs(60));
+    let _ = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive);
+}
+
+/// Errors that concern one incoming connection, not the listener.
+fn is_per_connection(err: &io::Error) -> bool {
+    matches!(
+        err.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+    )
+}
+
+fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
+    use tokio_rustls::rustls;
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading TLS certificates from {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading the TLS key from {}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .context("TLS certificate and key do not match")?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
