@@ -85,6 +85,18 @@ pub struct Config {
     #[arg(long, env = "BATCH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub batch_interval: Duration,
 
+    /// Hybrid mode: how long a flushed record stays in Redis (never applies to unflushed changes).
+    #[arg(long, env = "CACHE_TTL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub cache_ttl: Duration,
+
+    /// Hybrid mode: queue entries a consumer has held this long are claimed by another (crashed replicas).
+    #[arg(long, env = "BATCH_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub batch_claim_idle: Duration,
+
+    /// Hybrid mode: how long Postgres keeps delete tombstones that order deletes against late batches.
+    #[arg(long, env = "TOMBSTONE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
+    pub tombstone_retention: Duration,
+
     /// Most database connections in the pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,

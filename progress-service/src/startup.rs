@@ -37,6 +37,17 @@ impl Application {
                 max_batch: config.batch_max_size as usize,
                 shards: config.write_shards as usize,
             },
+            hybrid: config
+                .redis_url
+                .as_ref()
+                .map(|url| store::hybrid::HybridConfig {
+                    redis_url: url.expose().to_owned(),
+                    cache_ttl: config.cache_ttl,
+                    batch_max_size: config.batch_max_size as usize,
+                    batch_interval: config.batch_interval,
+                    claim_idle: config.batch_claim_idle,
+                    tombstone_retention: config.tombstone_retention,
+                }),
         };
         let store = store::open(&store_config, events.clone())
             .await

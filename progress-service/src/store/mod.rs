@@ -1,7 +1,9 @@
 //! Storage behind one trait. `sqlite` and `postgres` share the group-commit
-//! engine in `group_commit`; the hybrid Redis + Postgres store sits beside them.
+//! engine in `group_commit`; the hybrid Redis + Postgres store (`hybrid`) sits
+//! beside them and reuses the Postgres reads.
 
 mod group_commit;
+pub mod hybrid;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -120,15 +122,23 @@ pub struct StoreConfig {
     pub database_url: String,
     pub db_max_connections: u32,
     pub group_commit: GroupCommitConfig,
+    /// Set (with a Postgres URL) selects the hybrid Redis + Postgres store.
+    pub hybrid: Option<hybrid::HybridConfig>,
 }
 
 /// Opens the store the URL selects, applying migrations first.
 pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<DynStore> {
     let url = config.database_url.as_str();
     if url.starts_with("sqlite:") {
+        if config.hybrid.is_some() {
+            tracing::warn!("REDIS_URL is ignored: the hybrid store needs a Postgres DATABASE_URL");
+        }
         Ok(Arc::new(sqlite::open(config, events).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::open(config, events).await?))
+        match &config.hybrid {
+            Some(hybrid) => Ok(Arc::new(hybrid::open(config, hybrid, events).await?)),
+            None => Ok(Arc::new(postgres::open(config, events).await?)),
+        }
     } else {
         anyhow::bail!("DATABASE_URL must start with sqlite: or postgres://")
     }

@@ -1,7 +1,10 @@
 //! One `spawn_app()` for every backend: the real service on port 0 against a
-//! fresh SQLite file or a fresh, migrated Postgres database.
+//! fresh SQLite file, a fresh, migrated Postgres database, or (hybrid) such a
+//! database plus a private Redis.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use mangahub_proto::v1 as pb;
@@ -15,9 +18,11 @@ use tonic::transport::Channel;
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Redis (a private server per app) + Postgres.
+    Hybrid,
 }
 
-/// Generates `mod NAME { sqlite, postgres }` tests calling `NAME(Backend)`.
+/// Generates `mod NAME { sqlite, postgres, hybrid }` tests calling `NAME(Backend)`.
 macro_rules! both_backends {
     ($($name:ident),+ $(,)?) => {
         $(
@@ -31,6 +36,11 @@ macro_rules! both_backends {
                 async fn postgres() {
                     super::$name(crate::helpers::Backend::Postgres).await;
                 }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn hybrid() {
+                    super::$name(crate::helpers::Backend::Hybrid).await;
+                }
             }
         )+
     };
@@ -41,6 +51,8 @@ pub struct TestApp {
     pub addr: SocketAddr,
     pub client: ProgressServiceClient<Channel>,
     pub database_url: String,
+    /// Hybrid apps: the Redis they use (shared by replicas).
+    pub redis: Option<Arc<testkit::PrivateRedis>>,
     extra_args: Vec<String>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -55,17 +67,48 @@ pub async fn spawn_app_with(backend: Backend, extra_args: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let database_url = match backend {
         Backend::Sqlite => format!("sqlite://{}", dir.path().join("progress.db").display()),
-        Backend::Postgres => testkit::fresh_database()
+        Backend::Postgres | Backend::Hybrid => testkit::fresh_database()
             .await
             .expect("fresh Postgres database"),
     };
-    let extra_args = extra_args.iter().map(|s| (*s).to_owned()).collect();
+    let redis = match backend {
+        Backend::Hybrid => Some(Arc::new(
+            testkit::PrivateRedis::start(false)
+                .await
+                .expect("private Redis"),
+        )),
+        _ => None,
+    };
+    spawn_on(dir, database_url, redis, extra_args).await
+}
+
+/// Another replica of `app`'s service: same Postgres database and Redis.
+pub async fn spawn_replica(app: &TestApp, extra_args: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    spawn_on(dir, app.database_url.clone(), app.redis.clone(), extra_args).await
+}
+
+async fn spawn_on(
+    dir: tempfile::TempDir,
+    database_url: String,
+    redis: Option<Arc<testkit::PrivateRedis>>,
+    extra_args: &[&str],
+) -> TestApp {
+    let mut extra_args: Vec<String> = extra_args.iter().map(|s| (*s).to_owned()).collect();
+    if let Some(redis) = &redis {
+        // Flush quickly so tests that wait for Postgres do not wait long.
+        extra_args.splice(
+            0..0,
+            ["--redis-url", &redis.url(), "--batch-interval", "100ms"].map(str::to_owned),
+        );
+    }
     let mut app = TestApp {
         addr: "127.0.0.1:0".parse().expect("addr"),
         client: ProgressServiceClient::new(
             Channel::from_static("http://127.0.0.1:1").connect_lazy(),
         ),
         database_url,
+        redis,
         extra_args,
         stop: None,
         task: None,
@@ -76,6 +119,42 @@ pub async fn spawn_app_with(backend: Backend, extra_args: &[&str]) -> TestApp {
 }
 
 impl TestApp {
+    /// A plain connection to the app's Redis (hybrid apps only).
+    pub async fn redis_conn(&self) -> redis::aio::MultiplexedConnection {
+        let url = self.redis.as_ref().expect("a hybrid app").url();
+        redis::Client::open(url)
+            .expect("redis url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to Redis")
+    }
+
+    /// A plain connection pool to the app's Postgres database.
+    pub async fn pg_pool(&self) -> sqlx::PgPool {
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.database_url)
+            .await
+            .expect("connect to Postgres")
+    }
+
+    /// Waits until the write-behind queue is empty (every change flushed).
+    pub async fn wait_flushed(&self) {
+        let conn = self.redis_conn().await;
+        testkit::wait_until(Duration::from_secs(30), "the queue to drain", || {
+            let mut conn = conn.clone();
+            async move {
+                redis::cmd("XLEN")
+                    .arg(progress_service::store::hybrid::STREAM)
+                    .query_async::<u64>(&mut conn)
+                    .await
+                    .is_ok_and(|n| n == 0)
+            }
+        })
+        .await
+        .expect("queue drains");
+    }
+
     async fn start(&mut self, listen: &str) {
         let mut args = vec![
             "progress-service".to_owned(),

@@ -1,0 +1,225 @@
+//! The Redis half of the request path: read a record's state, compare-and-set
+//! a change (hash + queue entry + event in one script), warm a record read
+//! from Postgres without ever overwriting a newer one, and list a user's
+//! unflushed changes for `list`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Script;
+use redis::aio::ConnectionManager;
+
+use super::codec::{self, Cached, WireChange};
+use crate::domain::{Progress, ProgressKey};
+use crate::store::{StoreError, WriteMeta};
+
+/// What Redis knows about one record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum State {
+    Cached(Cached),
+    /// Deleted; the tombstone is unflushed or recently flushed.
+    Deleted,
+    /// Not in Redis: Postgres holds the current record, if any.
+    Absent,
+}
+
+/// A record's state and the server time it was read at (the fence).
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub state: State,
+    tomb: String,
+    fence_us: i64,
+}
+
+/// Outcome of warming the cache with a Postgres row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Warm {
+    /// The row is current (it was cached, or could not be proven stale).
+    Row,
+    /// Redis holds a newer copy: this one.
+    Newer(Progress),
+    Deleted,
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    conn: ConnectionManager,
+    change: Script,
+    warm: Script,
+    ttl_secs: u64,
+    /// How old a read may be when an absent record is written or warmed: well
+    /// under the TTL, so anything written after the read is still visible.
+    max_fence_age_us: i64,
+}
+
+pub fn redis_error(err: redis::RedisError) -> StoreError {
+    if err.is_io_error()
+        || err.is_connection_dropped()
+        || err.is_connection_refusal()
+        || err.is_timeout()
+        || err.is_unrecoverable_error()
+    {
+        StoreError::Unavailable(format!("redis: {err}"))
+    } else {
+        StoreError::Internal(format!("redis: {err}"))
+    }
+}
+
+impl Cache {
+    pub fn new(conn: ConnectionManager, ttl: Duration) -> Self {
+        let ttl_secs = ttl.as_secs().max(2);
+        Self {
+            conn,
+            change: Script::new(include_str!("change.lua")),
+            warm: Script::new(include_str!("warm.lua")),
+            ttl_secs,
+            max_fence_age_us: i64::try_from(ttl_secs * 1_000_000 / 2).unwrap_or(i64::MAX),
+        }
+    }
+
+    pub fn ttl_secs(&self) -> u64 {
+        self.ttl_secs
+    }
+
+    pub async fn read(&self, key: &ProgressKey) -> Result<Snapshot, StoreError> {
+        let mut conn = self.conn.clone();
+        let (fields, tomb, (secs, micros)): (HashMap<String, String>, Option<String>, (i64, i64)) =
+            redis::pipe()
+                .hgetall(codec::hash_key(key))
+                .get(codec::tomb_key(key))
+                .cmd("TIME")
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+        let state = if !fields.is_empty() {
+            State::Cached(codec::parse_hash(key, &fields)?)
+        } else if tomb.is_some() {
+            State::Deleted
+        } else {
+            State::Absent
+        };
+        Ok(Snapshot {
+            state,
+            tomb: tomb.unwrap_or_default(),
+            fence_us: secs * 1_000_000 + micros,
+        })
+    }
+
+    /// Writes `record` (or a delete when `None`) if the record's state is
+    /// still `snap`; `false` when it changed meanwhile.
+    pub async fn compare_and_set(
+        &self,
+        snap: &Snapshot,
+        key: &ProgressKey,
+        record: Option<&Progress>,
+        meta: &WriteMeta,
+    ) -> Result<bool, StoreError> {
+        let expected_seq = match &snap.state {
+            State::Cached(c) => c.seq.as_str(),
+            State::Deleted | State::Absent => "",
+        };
+        let wire = match record {
+            Some(p) => WireChange::updated(p, meta),
+            None => WireChange::deleted(key, meta),
+        };
+        let mut inv = self.change.prepare_invoke();
+        inv.key(codec::hash_key(key))
+            .key(codec::tomb_key(key))
+            .key(codec::STREAM)
+            .key(codec::pending_key(&key.user_id))
+            .key(codec::SEQ_COUNTER)
+            .arg(expected_seq)
+            .arg(&snap.tomb)
+            .arg(snap.fence_us)
+            .arg(self.max_fence_age_us)
+            .arg(if record.is_some() { "u" } else { "d" })
+            .arg(key.manga_id)
+            .arg(wire.encode()?)
+            .arg(codec::EVENTS_CHANNEL);
+        if let Some(p) = record {
+            for (field, value) in codec::hash_fields(p) {
+                inv.arg(field).arg(value);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let seq: redis::Value = inv.invoke_async(&mut conn).await.map_err(redis_error)?;
+        Ok(!matches!(seq, redis::Value::Int(-1)))
+    }
+
+    /// Caches a row read from Postgres after `snap` was taken, unless Redis
+    /// holds something newer (returned instead) or a delete.
+    pub async fn warm(&self, snap: &Snapshot, row: &Progress, seq: i64) -> Result<Warm, StoreError> {
+        let mut inv = self.warm.prepare_invoke();
+        inv.key(codec::hash_key(&row.key))
+            .key(codec::tomb_key(&row.key))
+            .arg(seq)
+            .arg(self.ttl_secs)
+            .arg(snap.fence_us)
+            .arg(self.max_fence_age_us);
+        for (field, value) in codec::hash_fields(row) {
+            inv.arg(field).arg(value);
+        }
+        let mut conn = self.conn.clone();
+        let (code, fields): (i64, HashMap<String, String>) =
+            inv.invoke_async(&mut conn).await.map_err(redis_error)?;
+        match code {
+            0 => Ok(Warm::Deleted),
+            2 => Ok(Warm::Newer(codec::parse_hash(&row.key, &fields)?.progress)),
+            _ => Ok(Warm::Row),
+        }
+    }
+
+    /// The user's records with unflushed changes: `(manga_id, Some(record))`
+    /// for updates, `(manga_id, None)` for deletes.
+    pub async fn pending_for_user(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(i64, Option<Progress>)>, StoreError> {
+        let mut conn = self.conn.clone();
+        let mangas: Vec<i64> = redis::cmd("ZRANGE")
+            .arg(codec::pending_key(user_id))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if mangas.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<ProgressKey> = mangas
+            .iter()
+            .map(|m| ProgressKey {
+                user_id: user_id.to_owned(),
+                manga_id: *m,
+            })
+            .collect();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.hgetall(codec::hash_key(key))
+                .exists(codec::tomb_key(key));
+        }
+        let replies: Vec<(HashMap<String, String>, bool)> = pipe
+            .query_async::<Vec<redis::Value>>(&mut conn)
+            .await
+            .map_err(redis_error)?
+            .chunks(2)
+            .map(|pair| {
+                let fields = redis::from_redis_value_ref(&pair[0]).unwrap_or_default();
+                let tomb = pair
+                    .get(1)
+                    .and_then(|v| redis::from_redis_value_ref(v).ok())
+                    .unwrap_or(false);
+                (fields, tomb)
+            })
+            .collect();
+        let mut out = Vec::with_capacity(keys.len());
+        for (key, (fields, tomb)) in keys.iter().zip(replies) {
+            if !fields.is_empty() {
+                out.push((key.manga_id, Some(codec::parse_hash(key, &fields)?.progress)));
+            } else if tomb {
+                out.push((key.manga_id, None));
+            }
+        }
+        Ok(out)
+    }
+}

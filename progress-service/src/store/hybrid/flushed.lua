@@ -1,0 +1,32 @@
+-- After a batch committed to Postgres: acknowledge and remove its queue
+-- entries, and let the cached copies it made durable expire - but only
+-- where Redis still holds exactly the flushed change.
+-- KEYS: 1 stream, then per flushed record: hash, tombstone, pending set
+-- ARGV: 1 group, 2 ttl seconds, 3 number of entry ids, then the ids,
+--       then per flushed record: op, manga id, seq
+local n = tonumber(ARGV[3])
+local chunk = 500
+for i = 4, 3 + n, chunk do
+  local last = math.min(i + chunk - 1, 3 + n)
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, last))
+  redis.call('XDEL', KEYS[1], unpack(ARGV, i, last))
+end
+local a = 4 + n
+local k = 2
+while a + 2 <= #ARGV do
+  local op, manga, seq = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  if op == 'u' then
+    if redis.call('HGET', KEYS[k], 'seq') == seq then
+      redis.call('EXPIRE', KEYS[k], ARGV[2])
+    end
+  elseif redis.call('GET', KEYS[k + 1]) == seq then
+    redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
+  end
+  local score = redis.call('ZSCORE', KEYS[k + 2], manga)
+  if score and tonumber(score) == tonumber(seq) then
+    redis.call('ZREM', KEYS[k + 2], manga)
+  end
+  a = a + 3
+  k = k + 3
+end
+return n

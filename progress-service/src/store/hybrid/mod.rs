@@ -1,0 +1,318 @@
+//! Hybrid store: Redis is the hot copy and the durable write-behind queue,
+//! Postgres the durable record (contract §3; design in `docs/storage.md`).
+//!
+//! Write: read the record's Redis state (loading Postgres on a miss so
+//! versions continue), apply the update rules in Rust, then one script
+//! compare-and-sets the hash, appends the change to the stream and publishes
+//! it. The ack follows that script. `batch_writer` moves the stream into
+//! Postgres; `relay` feeds every replica's watchers from Pub/Sub.
+
+mod batch_writer;
+pub mod cache;
+mod codec;
+mod pg;
+mod relay;
+
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use sqlx::postgres::PgPool;
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use self::batch_writer::{BatchWriter, WriterConfig};
+use self::cache::{Cache, State, Warm};
+use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta, postgres};
+use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
+use crate::events::EventBus;
+
+pub use self::codec::{GROUP, STREAM, hash_key};
+
+/// Writes of one process to one record take turns, so compare-and-set
+/// conflicts only come from other replicas.
+const WRITE_STRIPES: usize = 1024;
+const MAX_CAS_ATTEMPTS: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct HybridConfig {
+    pub redis_url: String,
+    pub cache_ttl: Duration,
+    pub batch_max_size: usize,
+    pub batch_interval: Duration,
+    pub claim_idle: Duration,
+    pub tombstone_retention: Duration,
+}
+
+pub struct HybridStore {
+    cache: Cache,
+    pool: PgPool,
+    stripes: Vec<Mutex<()>>,
+    closed: AtomicBool,
+    stop: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub async fn open(
+    config: &StoreConfig,
+    hybrid: &HybridConfig,
+    events: EventBus,
+) -> anyhow::Result<HybridStore> {
+    let pool = postgres::connect(config).await?;
+    let client = redis::Client::open(hybrid.redis_url.as_str()).context("parsing REDIS_URL")?;
+    let fast = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(2)))
+        .set_number_of_retries(2);
+    let conn = ConnectionManager::new_with_config(client.clone(), fast)
+        .await
+        .context("connecting to Redis")?;
+    let blocking = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_number_of_retries(2);
+    let writer_conn = ConnectionManager::new_with_config(client.clone(), blocking)
+        .await
+        .context("connecting to Redis")?;
+    create_group(conn.clone()).await?;
+
+    let stop = CancellationToken::new();
+    let cache = Cache::new(conn, hybrid.cache_ttl);
+    let relay = relay::start(client, events, stop.clone()).await?;
+    let consumer = format!(
+        "{}-{}",
+        std::process::id(),
+        chrono::Utc::now().timestamp_micros()
+    );
+    let writer = BatchWriter::new(
+        writer_conn,
+        pool.clone(),
+        consumer,
+        WriterConfig {
+            max_batch: hybrid.batch_max_size,
+            interval: hybrid.batch_interval,
+            claim_idle: hybrid.claim_idle,
+            ttl_secs: cache.ttl_secs(),
+            tombstone_retention: hybrid.tombstone_retention,
+        },
+        stop.clone(),
+    );
+    let writer = tokio::spawn(writer.run());
+    Ok(HybridStore {
+        cache,
+        pool,
+        stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
+        closed: AtomicBool::new(false),
+        stop,
+        tasks: Mutex::new(vec![writer, relay]),
+    })
+}
+
+async fn create_group(mut conn: ConnectionManager) -> anyhow::Result<()> {
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(codec::STREAM)
+        .arg(codec::GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    match created {
+        Err(err) if err.code() != Some("BUSYGROUP") => {
+            Err(err).context("creating the write-behind consumer group")
+        }
+        _ => Ok(()),
+    }
+}
+
+impl HybridStore {
+    fn ensure_open(&self) -> Result<(), StoreError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("store is shutting down".into()));
+        }
+        Ok(())
+    }
+
+    fn stripe(&self, key: &ProgressKey) -> &Mutex<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        key.hash(&mut hasher);
+        &self.stripes[(hasher.finish() % self.stripes.len() as u64) as usize]
+    }
+
+    /// The stored record as the state read says, from Postgres on a miss.
+    async fn current(
+        &self,
+        key: &ProgressKey,
+        state: &State,
+    ) -> Result<Option<Progress>, StoreError> {
+        match state {
+            State::Cached(c) => Ok(Some(c.progress.clone())),
+            State::Deleted => Ok(None),
+            State::Absent => Ok(pg::get_with_seq(&self.pool, key).await?.map(|(p, _)| p)),
+        }
+    }
+
+    /// Test and benchmark access to the Redis half (e.g. to drive a stale warm).
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+}
+
+fn contention() -> StoreError {
+    StoreError::Unavailable("record changed concurrently too often; retry".into())
+}
+
+#[async_trait]
+impl ProgressStore for HybridStore {
+    async fn update(
+        &self,
+        cmd: UpdateCommand,
+        meta: WriteMeta,
+    ) -> Result<UpdateOutcome, StoreError> {
+        self.ensure_open()?;
+        let _turn = self.stripe(&cmd.key).lock().await;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let snap = self.cache.read(&cmd.key).await?;
+            let stored = self.current(&cmd.key, &snap.state).await?;
+            let out = domain::apply_update(stored.as_ref(), &cmd, domain::now());
+            if !out.applied {
+                return Ok(out);
+            }
+            if self
+                .cache
+                .compare_and_set(&snap, &cmd.key, Some(&out.progress), &meta)
+                .await?
+            {
+                return Ok(out);
+            }
+            metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
+        }
+        Err(contention())
+    }
+
+    async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError> {
+        let snap = match self.cache.read(key).await {
+            Ok(snap) => snap,
+            Err(StoreError::Unavailable(err)) => {
+                tracing::warn!(error = %err, "Redis down: reading Postgres");
+                return postgres::get_row(&self.pool, key).await;
+            }
+            Err(err) => return Err(err),
+        };
+        match snap.state {
+            State::Cached(ref c) => {
+                metrics::counter!("progress_cache_hits_total").increment(1);
+                return Ok(Some(c.progress.clone()));
+            }
+            State::Deleted => {
+                metrics::counter!("progress_cache_hits_total").increment(1);
+                return Ok(None);
+            }
+            State::Absent => metrics::counter!("progress_cache_misses_total").increment(1),
+        }
+        let Some((row, seq)) = pg::get_with_seq(&self.pool, key).await? else {
+            return Ok(None);
+        };
+        match self.cache.warm(&snap, &row, seq).await {
+            Ok(Warm::Row) => Ok(Some(row)),
+            Ok(Warm::Newer(newer)) => Ok(Some(newer)),
+            Ok(Warm::Deleted) => Ok(None),
+            Err(err) => {
+                tracing::warn!(error = %err, "cache warm failed");
+                Ok(Some(row))
+            }
+        }
+    }
+
+    /// Postgres rows merged with the user's unflushed changes in Redis. The
+    /// Redis side is read first: a change flushed in between is then already
+    /// in the Postgres rows.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<Progress>, StoreError> {
+        let overlay = match self.cache.pending_for_user(&query.user_id).await {
+            Ok(overlay) => overlay,
+            Err(StoreError::Unavailable(err)) => {
+                tracing::warn!(error = %err, "Redis down: listing Postgres only");
+                Vec::new()
+            }
+            Err(err) => return Err(err),
+        };
+        // Each overlaid record can hide at most one row of the page.
+        let widened = ListQuery {
+            limit: query
+                .limit
+                .saturating_add(u32::try_from(overlay.len()).unwrap_or(u32::MAX)),
+            ..query.clone()
+        };
+        let rows = postgres::list_rows(&self.pool, &widened).await?;
+        let overlaid: HashSet<i64> = overlay.iter().map(|(m, _)| *m).collect();
+        let mut items: Vec<Progress> = rows
+            .into_iter()
+            .filter(|p| !overlaid.contains(&p.key.manga_id))
+            .chain(
+                overlay
+                    .into_iter()
+                    .filter_map(|(_, p)| p)
+                    .filter(|p| in_page(p, query)),
+            )
+            .collect();
+        items.sort_by_key(|p| (p.updated_at, p.key.manga_id));
+        items.truncate(query.limit as usize);
+        Ok(items)
+    }
+
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
+        self.ensure_open()?;
+        let _turn = self.stripe(&key).lock().await;
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let snap = self.cache.read(&key).await?;
+            if self.current(&key, &snap.state).await?.is_none() {
+                return Ok(false);
+            }
+            if self
+                .cache
+                .compare_and_set(&snap, &key, None, &meta)
+                .await?
+            {
+                return Ok(true);
+            }
+            metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
+        }
+        Err(contention())
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.cache.read(&ProgressKey {
+            user_id: "ping".into(),
+            manga_id: 1,
+        })
+        .await?;
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        // Writes that passed the check finish under their stripe lock.
+        for stripe in &self.stripes {
+            drop(stripe.lock().await);
+        }
+        self.stop.cancel();
+        for task in self.tasks.lock().await.drain(..) {
+            let _ = task.await;
+        }
+        self.pool.close().await;
+    }
+}
+
+fn in_page(p: &Progress, query: &ListQuery) -> bool {
+    p.key.user_id == query.user_id
+        && query.updated_since.is_none_or(|t| p.updated_at > t)
+        && query.after.is_none_or(|c| {
+            (p.updated_at.timestamp_micros(), p.key.manga_id) > (c.updated_at_us, c.manga_id)
+        })
+}

@@ -1,0 +1,171 @@
+//! The Postgres half of the hybrid store: reading a row with its change
+//! sequence, and writing one collapsed batch of queued changes.
+//!
+//! Every row and tombstone carries the `change_seq` Redis assigned, and each
+//! write only wins over an older sequence, so batches may commit in any order
+//! (several replicas drain the queue) and still leave the newest change.
+
+use sqlx::postgres::PgPool;
+
+use super::super::rows::ProgressRow;
+use crate::domain::{Progress, ProgressKey};
+use crate::store::StoreError;
+
+/// Serialises batch transactions of all replicas: the tombstone check of one
+/// batch must see the deletes of another that committed just before it.
+const BATCH_LOCK: i64 = 0x6d68_7072_6f67;
+
+#[derive(Debug, sqlx::FromRow)]
+struct RowWithSeq {
+    #[sqlx(flatten)]
+    row: ProgressRow,
+    change_seq: i64,
+}
+
+pub async fn get_with_seq(
+    pool: &PgPool,
+    key: &ProgressKey,
+) -> Result<Option<(Progress, i64)>, StoreError> {
+    let row: Option<RowWithSeq> = sqlx::query_as(
+        "SELECT user_id, manga_id,
+           (current_chapter * 100)::int8 AS chapter_hundredths, page, status, version,
+           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, change_seq
+           FROM user_progress WHERE user_id = $1 AND manga_id = $2",
+    )
+    .bind(&key.user_id)
+    .bind(key.manga_id)
+    .fetch_optional(pool)
+    .await?;
+    row.map(|r| Ok((Progress::try_from(r.row)?, r.change_seq)))
+        .transpose()
+}
+
+/// One batch, collapsed to the newest change per record.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub upserts: Vec<(Progress, i64)>,
+    pub deletes: Vec<(ProgressKey, i64)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.upserts.len() + self.deletes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Writes the batch in one transaction, one statement per kind of write.
+pub async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(BATCH_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    if !batch.deletes.is_empty() {
+        let mut users = Vec::with_capacity(batch.deletes.len());
+        let mut mangas = Vec::with_capacity(batch.deletes.len());
+        let mut seqs = Vec::with_capacity(batch.deletes.len());
+        for (key, seq) in &batch.deletes {
+            users.push(key.user_id.as_str());
+            mangas.push(key.manga_id);
+            seqs.push(*seq);
+        }
+        sqlx::query(
+            "INSERT INTO progress_tombstones (user_id, manga_id, change_seq)
+             SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[])
+             ON CONFLICT (user_id, manga_id) DO UPDATE
+               SET change_seq = EXCLUDED.change_seq, deleted_at = now()
+               WHERE progress_tombstones.change_seq < EXCLUDED.change_seq",
+        )
+        .bind(&users)
+        .bind(&mangas)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM user_progress AS r
+              USING UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(u, m, q)
+              WHERE r.user_id = x.u AND r.manga_id = x.m AND r.change_seq < x.q",
+        )
+        .bind(&users)
+        .bind(&mangas)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !batch.upserts.is_empty() {
+        let n = batch.upserts.len();
+        let (mut users, mut mangas, mut chapters, mut pages) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut statuses, mut versions, mut times, mut seqs) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (p, seq) in &batch.upserts {
+            users.push(p.key.user_id.as_str());
+            mangas.push(p.key.manga_id);
+            chapters.push(p.chapter.hundredths());
+            pages.push(p.page);
+            statuses.push(p.status.as_str());
+            versions.push(p.version);
+            times.push(p.updated_at.timestamp_micros());
+            seqs.push(*seq);
+        }
+        sqlx::query(
+            "INSERT INTO user_progress
+               (user_id, manga_id, current_chapter, page, status, version, updated_at, change_seq)
+             SELECT u, m, c::numeric / 100, p, s, v,
+                    TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', q
+               FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[],
+                           $6::int8[], $7::int8[], $8::int8[]) AS x(u, m, c, p, s, v, t, q)
+              WHERE NOT EXISTS (SELECT 1 FROM progress_tombstones d
+                                 WHERE d.user_id = x.u AND d.manga_id = x.m
+                                   AND d.change_seq >= x.q)
+             ON CONFLICT (user_id, manga_id) DO UPDATE
+               SET current_chapter = EXCLUDED.current_chapter, page = EXCLUDED.page,
+                   status = EXCLUDED.status, version = EXCLUDED.version,
+                   updated_at = EXCLUDED.updated_at, change_seq = EXCLUDED.change_seq
+               WHERE user_progress.change_seq < EXCLUDED.change_seq",
+        )
+        .bind(&users)
+        .bind(&mangas)
+        .bind(&chapters)
+        .bind(&pages)
+        .bind(&statuses)
+        .bind(&versions)
+        .bind(&times)
+        .bind(&seqs)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Drops tombstones older than `retention` that no queued change can still
+/// need (every change still in the queue has a sequence of at least `floor`).
+pub async fn prune_tombstones(
+    pool: &PgPool,
+    retention: std::time::Duration,
+    floor: i64,
+) -> Result<u64, StoreError> {
+    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let done = sqlx::query(
+        "DELETE FROM progress_tombstones
+          WHERE deleted_at < now() - $1 * INTERVAL '1 second' AND change_seq < $2",
+    )
+    .bind(secs)
+    .bind(floor)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
