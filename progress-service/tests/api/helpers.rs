@@ -97,10 +97,10 @@ async fn spawn_on(
     let mut extra_args: Vec<String> = extra_args.iter().map(|s| (*s).to_owned()).collect();
     if let Some(redis) = &redis {
         // Flush quickly so tests that wait for Postgres do not wait long.
-        extra_args.splice(
-            0..0,
-            ["--redis-url", &redis.url(), "--batch-interval", "100ms"].map(str::to_owned),
-        );
+        extra_args.extend(["--redis-url".to_owned(), redis.url()]);
+        if !extra_args.iter().any(|a| a == "--batch-interval") {
+            extra_args.extend(["--batch-interval".to_owned(), "100ms".to_owned()]);
+        }
     }
     let mut app = TestApp {
         addr: "127.0.0.1:0".parse().expect("addr"),

@@ -1,11 +1,13 @@
 //! Black-box tests of the progress service over real gRPC, on SQLite and on
-//! Postgres alike (see `helpers::both_backends!`).
+//! Postgres alike and in hybrid mode (see `helpers::both_backends!`); hybrid-only
+//! behaviour in `hybrid`.
 
 mod concurrency;
 mod delete;
 mod get_list;
 mod health;
 mod helpers;
+mod hybrid;
 mod restart;
 mod service_token;
 mod update;
