@@ -162,9 +162,13 @@ impl Writer {
     async fn run(self, mut rx: mpsc::Receiver<Op>) {
         let mut batch = Vec::with_capacity(self.max_batch);
         while rx.recv_many(&mut batch, self.max_batch).await > 0 {
+            let size = batch.len();
+            let started = std::time::Instant::now();
             self.commit(&mut batch).await;
-            metrics::histogram!("progress_group_commit_size").record(batch.len() as f64);
-            batch.clear();
+            let took = started.elapsed();
+            metrics::histogram!("progress_group_commit_size").record(size as f64);
+            metrics::histogram!("progress_group_commit_seconds").record(took.as_secs_f64());
+            tracing::trace!(size, ?took, "group commit");
         }
     }
 

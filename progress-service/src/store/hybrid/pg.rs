@@ -169,3 +169,70 @@ pub async fn prune_tombstones(
     .await?;
     Ok(done.rows_affected())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Chapter, Status};
+    use crate::store::{GroupCommitConfig, StoreConfig};
+
+    fn record(chapter: i64, version: i64) -> Progress {
+        Progress {
+            key: ProgressKey::new("order", 1).expect("key"),
+            chapter: Chapter::from_hundredths(chapter).expect("chapter"),
+            page: 0,
+            status: Status::Reading,
+            version,
+            updated_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000 + chapter)
+                .expect("time"),
+        }
+    }
+
+    fn upsert(chapter: i64, version: i64, seq: i64) -> Batch {
+        Batch {
+            upserts: vec![(record(chapter, version), seq)],
+            deletes: vec![],
+        }
+    }
+
+    /// Replicas may commit batches in any order; the newest change wins.
+    #[tokio::test]
+    async fn batches_committed_out_of_order_keep_the_newest_change() {
+        let url = testkit::fresh_database().await.expect("database");
+        let pool = crate::store::postgres::connect(&StoreConfig {
+            database_url: url,
+            db_max_connections: 2,
+            group_commit: GroupCommitConfig {
+                max_batch: 1,
+                shards: 1,
+            },
+            hybrid: None,
+        })
+        .await
+        .expect("connect");
+        let key = record(0, 1).key;
+        let delete = Batch {
+            upserts: vec![],
+            deletes: vec![(key.clone(), 20)],
+        };
+        // Queue order: v1 (10), v2 (15), delete (20), recreated v1 (30).
+        write_batch(&pool, &upsert(100, 2, 15)).await.expect("v2");
+        write_batch(&pool, &delete).await.expect("delete");
+        write_batch(&pool, &upsert(50, 1, 10)).await.expect("stale v1");
+        assert_eq!(get_with_seq(&pool, &key).await.expect("read"), None);
+        write_batch(&pool, &upsert(300, 1, 30)).await.expect("recreate");
+        write_batch(&pool, &delete).await.expect("delete again");
+        write_batch(&pool, &upsert(100, 2, 15)).await.expect("stale v2");
+        let (p, seq) = get_with_seq(&pool, &key)
+            .await
+            .expect("read")
+            .expect("recreated record");
+        assert_eq!((p.chapter.hundredths(), p.version, seq), (300, 1, 30));
+        assert_eq!(
+            prune_tombstones(&pool, std::time::Duration::ZERO, 25)
+                .await
+                .expect("prune"),
+            1
+        );
+    }
+}
