@@ -138,19 +138,21 @@ pub fn parse_line(line: &[u8]) -> (Option<RequestId>, Result<Request, ParseError
             )),
         );
     };
-    let envelope: Envelope<'_> = match serde_json::from_str(text) {
-        Ok(envelope) => envelope,
-        Err(err) => {
-            let (code, message) = if serde_json::from_str::<IgnoredAny>(text).is_ok() {
-                (
-                    ErrorCode::InvalidMessage,
-                    "message must be an object with a string \"type\"".to_owned(),
-                )
-            } else {
-                (ErrorCode::InvalidJson, format!("invalid JSON: {err}"))
-            };
-            return (None, Err(ParseError::new(None, code, message)));
-        }
+    let not_an_object = || {
+        let (code, message) = match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(_) => (
+                ErrorCode::InvalidMessage,
+                "message must be an object with a string \"type\"".to_owned(),
+            ),
+            Err(err) => (ErrorCode::InvalidJson, format!("invalid JSON: {err}")),
+        };
+        (None, Err(ParseError::new(None, code, message)))
+    };
+    if !text.trim_start().starts_with('{') {
+        return not_an_object();
+    }
+    let Ok(envelope) = serde_json::from_str::<Envelope<'_>>(text) else {
+        return not_an_object();
     };
     let id = match envelope.id {
         None => None,

@@ -1,0 +1,191 @@
+//! The first message must be a valid `auth`; everything else closes the connection.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey};
+use serde_json::{Value, json};
+
+use crate::helpers::{SECRET, base64url, fixture, now, sign, spawn_app, spawn_app_with, token};
+
+fn hs256(claims: &Value) -> String {
+    sign(
+        claims,
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+}
+
+async fn assert_rejected(app: &crate::helpers::TestApp, token: &str) {
+    let mut c = app.client().await;
+    let reply = c
+        .request(json!({"type":"auth","id":"a","data":{"token":token}}))
+        .await;
+    assert_eq!(
+        reply,
+        json!({"type":"auth_response","id":"a","success":false,"error":"invalid token"})
+    );
+    assert!(
+        c.until_closed().await.is_empty(),
+        "connection closed after a bad token"
+    );
+}
+
+#[tokio::test]
+async fn a_good_token_authenticates() {
+    let app = spawn_app().await;
+    let mut c = app.client().await;
+    let reply = c
+        .request(json!({"type":"auth","data":{"token":token("alice")}}))
+        .await;
+    assert_eq!(
+        reply,
+        json!({"type":"auth_response","success":true,"user_id":"alice","username":"alice-name"})
+    );
+    assert_eq!(c.request(json!({"type":"ping"})).await["type"], "pong");
+
+    // No username claim: omitted. No user_id claim: `sub` is the user.
+    let mut c = app.client().await;
+    let reply = c
+        .request(
+            json!({"type":"auth","data":{"token":hs256(&json!({"sub":"bob","exp":now()+60}))}}),
+        )
+        .await;
+    assert_eq!(
+        reply,
+        json!({"type":"auth_response","success":true,"user_id":"bob"})
+    );
+}
+
+#[tokio::test]
+async fn bad_tokens_are_rejected_and_the_connection_closed() {
+    let app = spawn_app().await;
+    let claims = json!({"user_id":"mallory","exp":now()+3600});
+    let wrong_key = sign(
+        &claims,
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"other secret"),
+    );
+    assert_rejected(&app, &wrong_key).await;
+
+    let expired = hs256(&json!({"user_id":"mallory","exp":now()-120}));
+    assert_rejected(&app, &expired).await;
+
+    let no_exp = hs256(&json!({"user_id":"mallory"}));
+    assert_rejected(&app, &no_exp).await;
+
+    let no_user = hs256(&json!({"username":"nobody","exp":now()+3600}));
+    assert_rejected(&app, &no_user).await;
+
+    let none = format!(
+        "{}.{}.",
+        base64url(br#"{"alg":"none","typ":"JWT"}"#),
+        base64url(claims.to_string().as_bytes())
+    );
+    assert_rejected(&app, &none).await;
+
+    let hs512 = sign(
+        &claims,
+        Algorithm::HS512,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    );
+    assert_rejected(&app, &hs512).await;
+
+    let ed_key = std::fs::read(fixture("jwt-ed25519-private.pem")).expect("fixture");
+    let eddsa = sign(
+        &claims,
+        Algorithm::EdDSA,
+        &EncodingKey::from_ed_pem(&ed_key).expect("ed25519 key"),
+    );
+    assert_rejected(&app, &eddsa).await;
+
+    assert_rejected(&app, "not-a-jwt").await;
+    let mut c = app.client().await;
+    let reply = c.request(json!({"type":"auth","data":{}})).await;
+    assert_eq!(reply["success"], false);
+}
+
+#[tokio::test]
+async fn a_public_key_is_accepted_and_cannot_be_used_as_an_hmac_secret() {
+    let public = fixture("jwt-ed25519-public.pem");
+    let public_path = public.to_str().expect("utf-8 path");
+    let app = spawn_app_with(&["--jwt-public-key", public_path]).await;
+    let claims = json!({"user_id":"pk-user","exp":now()+3600});
+    let ed_key = std::fs::read(fixture("jwt-ed25519-private.pem")).expect("fixture");
+    let eddsa = sign(
+        &claims,
+        Algorithm::EdDSA,
+        &EncodingKey::from_ed_pem(&ed_key).expect("ed25519 key"),
+    );
+    let mut c = app.client().await;
+    let reply = c
+        .request(json!({"type":"auth","data":{"token":eddsa}}))
+        .await;
+    assert_eq!(reply["success"], true, "{reply}");
+    assert_eq!(reply["user_id"], "pk-user");
+
+    // Algorithm confusion: HS256 keyed with the public key's bytes.
+    let public_pem = std::fs::read(&public).expect("fixture");
+    let confused = sign(
+        &claims,
+        Algorithm::HS256,
+        &EncodingKey::from_secret(&public_pem),
+    );
+    assert_rejected(&app, &confused).await;
+    // The shared secret still works beside the key.
+    app.authed("hs-user").await;
+}
+
+#[tokio::test]
+async fn issuer_and_audience_are_checked_when_configured() {
+    let app = spawn_app_with(&["--jwt-issuer", "accounts", "--jwt-audience", "mangahub"]).await;
+    let good = hs256(&json!({"user_id":"u","iss":"accounts","aud":"mangahub","exp":now()+60}));
+    let mut c = app.client().await;
+    let reply = c
+        .request(json!({"type":"auth","data":{"token":good}}))
+        .await;
+    assert_eq!(reply["success"], true, "{reply}");
+    for claims in [
+        json!({"user_id":"u","iss":"evil","aud":"mangahub","exp":now()+60}),
+        json!({"user_id":"u","iss":"accounts","aud":"other","exp":now()+60}),
+        json!({"user_id":"u","aud":"mangahub","exp":now()+60}),
+        json!({"user_id":"u","iss":"accounts","exp":now()+60}),
+    ] {
+        assert_rejected(&app, &hs256(&claims)).await;
+    }
+}
+
+#[tokio::test]
+async fn any_other_first_message_gets_auth_required_and_a_close() {
+    let app = spawn_app().await;
+    for first in [
+        json!({"type":"ping","id":1}),
+        json!({"type":"progress_update","data":{"manga_id":1,"chapter":1}}),
+        json!({"type":"bogus"}),
+    ] {
+        let mut c = app.client().await;
+        let reply = c.request(first.clone()).await;
+        assert_eq!(reply["type"], "error", "{reply}");
+        assert_eq!(reply["code"], "AUTH_REQUIRED");
+        if first.get("id").is_some() {
+            assert_eq!(reply["id"], 1);
+        }
+        assert!(c.until_closed().await.is_empty());
+    }
+    let mut c = app.client().await;
+    c.send_raw(b"garbage\n").await;
+    assert_eq!(c.recv().await["code"], "AUTH_REQUIRED");
+    assert!(c.until_closed().await.is_empty());
+}
+
+#[tokio::test]
+async fn silence_is_closed_at_the_auth_deadline() {
+    let app = spawn_app_with(&["--auth-timeout", "300ms"]).await;
+    let mut c = app.client().await;
+    let started = Instant::now();
+    assert!(c.until_closed().await.is_empty());
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed too early: {waited:?}"
+    );
+}

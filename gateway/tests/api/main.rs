@@ -1,0 +1,10 @@
+//! Black-box tests of the gateway: real sockets, the real progress service.
+
+mod auth;
+mod fanout;
+mod helpers;
+mod limits;
+mod requests;
+mod resilience;
+mod scenarios;
+mod tls;
