@@ -36,11 +36,8 @@ impl Chapter {
 
     /// The canonical text as a JSON number.
     pub fn to_json(self) -> Box<RawValue> {
-        match RawValue::from_string(self.to_string()) {
-            Ok(raw) => raw,
-            // The canonical text is always a valid JSON number.
-            Err(_) => Box::<RawValue>::default(),
-        }
+        // The canonical text is always a valid JSON number.
+        RawValue::from_string(self.to_string()).unwrap_or_default()
     }
 }
 
