@@ -40,7 +40,7 @@ pub struct Shared {
 const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly";
 
 /// Serves one connection until it closes, is dropped, or the server stops.
-#[tracing::instrument(name = "connection", skip_all, fields(conn_id = id, user_id = tracing::field::Empty))]
+#[tracing::instrument(name = "connection", level = "debug", skip_all, fields(conn_id = id, user_id = tracing::field::Empty))]
 pub async fn serve<R, W>(
     shared: Arc<Shared>,
     reader: R,

@@ -205,23 +205,32 @@ async fn start_connection(
             let (reader, writer) = stream.into_split();
             connection::serve(shared, reader, writer, id, stop).await;
         }
-        Some(acceptor) => {
-            let handshake = tokio::time::timeout(shared.auth_timeout, acceptor.accept(stream));
-            let stream = tokio::select! {
-                () = stop.cancelled() => return,
-                result = handshake => match result {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(err)) => {
-                        tracing::debug!(conn_id = id, %err, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
-                },
-            };
-            let (reader, writer) = tokio::io::split(stream);
-            connection::serve(shared, reader, writer, id, stop).await;
-        }
+        // Boxed: the TLS state is large and must not size every plain connection's task.
+        Some(acceptor) => Box::pin(serve_tls(shared, stream, acceptor, id, stop)).await,
     }
+}
+
+async fn serve_tls(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    id: u64,
+    stop: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(shared.auth_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        () = stop.cancelled() => return,
+        result = handshake => match result {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(err)) => {
+                tracing::debug!(conn_id = id, %err, "TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        },
+    };
+    let (reader, writer) = tokio::io::split(stream);
+    connection::serve(shared, reader, writer, id, stop).await;
 }
 
 fn configure(stream: &TcpStream) {
