@@ -180,3 +180,56 @@ impl Config {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use clap::Parser;
+
+    use super::Config;
+
+    #[test]
+    fn help_lists_every_setting_of_the_contract() {
+        let help = Config::command().render_long_help().to_string();
+        for name in [
+            "GATEWAY_LISTEN",
+            "PROGRESS_URL",
+            "SERVICE_TOKEN",
+            "JWT_SECRET",
+            "AUTH_TIMEOUT",
+            "IDLE_TIMEOUT",
+            "MAX_MESSAGE_BYTES",
+            "RATE_LIMIT_PER_SEC",
+            "RATE_LIMIT_BURST",
+            "RATE_LIMIT_USER_PER_SEC",
+            "MAX_SUBSCRIPTIONS",
+            "MAX_CONNECTIONS",
+            "SHUTDOWN_DRAIN",
+            "OUTBOUND_QUEUE_BYTES",
+            "LOG_FORMAT",
+            "TLS_CERT",
+        ] {
+            assert!(help.contains(name), "--help lacks {name}");
+        }
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let config = Config::try_parse_from([
+            "gateway",
+            "--jwt-secret",
+            "hunter2",
+            "--service-token",
+            "tok-123",
+        ])
+        .expect("config");
+        let debug = format!("{config:?}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("tok-123"),
+            "{debug}"
+        );
+        assert_eq!(config.rate_limit_per_sec, 50);
+        assert_eq!(config.user_rate(), (200, 400));
+    }
+}

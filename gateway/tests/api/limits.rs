@@ -206,3 +206,18 @@ async fn a_client_that_stops_reading_is_dropped_and_others_stay_on_time() {
         "the slow consumer cannot have been sent everything"
     );
 }
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_a_slot_frees() {
+    let app = spawn_app_with(&["--max-connections", "2"]).await;
+    let first = app.authed("one").await;
+    let _second = app.authed("two").await;
+    let mut third = app.client().await;
+    third
+        .send(json!({"type":"auth","data":{"token":token("three")}}))
+        .await;
+    third.assert_silent(Duration::from_millis(300)).await;
+    drop(first);
+    let reply = third.recv().await;
+    assert_eq!(reply["success"], true, "{reply}");
+}
