@@ -35,6 +35,15 @@ impl FromStr for Secret {
     }
 }
 
+/// SQLite's `synchronous` setting for the embedded store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SqliteSync {
+    /// fsync at every commit: an ack survives power loss.
+    Full,
+    /// fsync at checkpoints: an ack survives a crash of the service, not of the machine.
+    Normal,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -108,6 +117,10 @@ pub struct Config {
     /// Events a watcher may fall behind before its stream ends with a lag error.
     #[arg(long, env = "WATCH_BUFFER", default_value_t = 65536)]
     pub watch_buffer: usize,
+
+    /// SQLite durability: `full` (fsync per commit) or `normal` (faster; a machine crash may lose the last commits).
+    #[arg(long, env = "SQLITE_SYNCHRONOUS", value_enum, default_value_t = SqliteSync::Full)]
+    pub sqlite_synchronous: SqliteSync,
 
     /// Log format: human text or JSON lines.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]

@@ -37,6 +37,7 @@ impl Application {
                 max_batch: config.batch_max_size as usize,
                 shards: config.write_shards as usize,
             },
+            sqlite_synchronous: config.sqlite_synchronous,
             hybrid: config
                 .redis_url
                 .as_ref()

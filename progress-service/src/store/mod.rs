@@ -122,6 +122,7 @@ pub struct StoreConfig {
     pub database_url: String,
     pub db_max_connections: u32,
     pub group_commit: GroupCommitConfig,
+    pub sqlite_synchronous: crate::config::SqliteSync,
     /// Set (with a Postgres URL) selects the hybrid Redis + Postgres store.
     pub hybrid: Option<hybrid::HybridConfig>,
 }

@@ -196,7 +196,7 @@ impl SqlBatch for PgBatch {
             .unzip();
         let rows: Vec<ProgressRow> = sqlx::query_as(concat!(
             select_rows!(),
-            " WHERE (user_id, manga_id) IN (SELECT * FROM UNNEST($1::text[], $2::int8[]))"
+            " JOIN UNNEST($1::text[], $2::int8[]) AS k(u, m) ON user_id = k.u AND manga_id = k.m"
         ))
         .bind(&user_ids)
         .bind(&manga_ids)

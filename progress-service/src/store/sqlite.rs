@@ -15,6 +15,7 @@ use sqlx::{QueryBuilder, Sqlite};
 use super::group_commit::{Committed, GroupCommit, GroupCommitConfig, Loaded, SqlBatch, Writes};
 use super::rows::{ProgressRow, into_records};
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta};
+use crate::config::SqliteSync;
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome};
 use crate::events::EventBus;
 
@@ -33,8 +34,10 @@ pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<Sqli
     let options = SqliteConnectOptions::from_str(&config.database_url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        // FULL: an acknowledged commit survives power loss, not only a crash.
-        .synchronous(SqliteSynchronous::Full)
+        .synchronous(match config.sqlite_synchronous {
+            SqliteSync::Full => SqliteSynchronous::Full,
+            SqliteSync::Normal => SqliteSynchronous::Normal,
+        })
         .busy_timeout(Duration::from_secs(5));
     let write_pool = SqlitePoolOptions::new()
         .max_connections(1)
@@ -130,11 +133,9 @@ impl SqlBatch for SqliteBatch {
     ) -> Result<Committed, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
 
-        let mut select = QueryBuilder::<Sqlite>::new(concat!(
-            "SELECT ",
-            columns!(),
-            " FROM user_progress WHERE (user_id, manga_id) IN (VALUES "
-        ));
+        // A join on the key list, so each key is one primary-key lookup.
+        let mut select =
+            QueryBuilder::<Sqlite>::new(concat!("SELECT ", columns!(), " FROM (VALUES "));
         let mut list = select.separated(", ");
         for key in keys {
             list.push("(")
@@ -143,7 +144,7 @@ impl SqlBatch for SqliteBatch {
                 .push_bind_unseparated(key.manga_id)
                 .push_unseparated(")");
         }
-        select.push(")");
+        select.push(") AS k JOIN user_progress ON user_id = k.column1 AND manga_id = k.column2");
         let rows: Vec<ProgressRow> = select.build_query_as().fetch_all(&mut *tx).await?;
         let loaded: Loaded = into_records(rows)?
             .into_iter()
