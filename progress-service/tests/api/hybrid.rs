@@ -59,7 +59,11 @@ async fn redis_hash_and_postgres_row_are_compatible() {
         ("status", "on_hold"),
         ("version", "1"),
     ] {
-        assert_eq!(fields.get(field).map(String::as_str), Some(value), "{field}");
+        assert_eq!(
+            fields.get(field).map(String::as_str),
+            Some(value),
+            "{field}"
+        );
     }
     let updated_at = fields.get("updated_at").expect("updated_at");
     let parsed = chrono::DateTime::parse_from_rfc3339(updated_at).expect("RFC 3339");
@@ -151,11 +155,10 @@ async fn versions_continue_after_the_redis_copy_is_evicted() {
 async fn a_stale_warm_never_overwrites_a_newer_value() {
     let app = spawn_app(Backend::Hybrid).await;
     let redis_url = app.redis.as_ref().expect("redis").url();
-    let manager = redis::aio::ConnectionManager::new(
-        redis::Client::open(redis_url).expect("redis url"),
-    )
-    .await
-    .expect("connect");
+    let manager =
+        redis::aio::ConnectionManager::new(redis::Client::open(redis_url).expect("redis url"))
+            .await
+            .expect("connect");
     let cache = Cache::new(manager, Duration::from_secs(3600));
     let pool = app.pg_pool().await;
     let key = ProgressKey::new("warm", 1).expect("key");
@@ -230,7 +233,11 @@ async fn a_delete_is_not_undone_by_an_older_queued_update() {
     app.delete("tomb", 1).await.expect("deleted");
     app.update("tomb", 2, "1").await;
     app.delete("tomb", 2).await.expect("deleted");
-    let again = app.update("tomb", 2, "9").await.progress.expect("recreated");
+    let again = app
+        .update("tomb", 2, "9")
+        .await
+        .progress
+        .expect("recreated");
     assert_eq!(again.version, 1, "a recreated record starts over");
     let mut app = app;
     app.restart().await; // the graceful stop flushes everything queued
@@ -255,7 +262,11 @@ async fn redis_down_fails_writes_fast_and_serves_reads_from_postgres() {
     let mut app = spawn_app(Backend::Hybrid).await;
     app.update("outage", 1, "5").await;
     app.wait_flushed().await;
-    let redis = app.redis.as_mut().and_then(Arc::get_mut).expect("own Redis");
+    let redis = app
+        .redis
+        .as_mut()
+        .and_then(Arc::get_mut)
+        .expect("own Redis");
     redis.kill();
 
     let failed = tokio::time::timeout(WAIT, app.send(update_req("outage", 1, "6")))
@@ -275,7 +286,11 @@ async fn redis_down_fails_writes_fast_and_serves_reads_from_postgres() {
     assert_eq!(listed.items.len(), 1);
 
     // Back without its data: Postgres is the truth, nothing stale is served.
-    let redis = app.redis.as_mut().and_then(Arc::get_mut).expect("own Redis");
+    let redis = app
+        .redis
+        .as_mut()
+        .and_then(Arc::get_mut)
+        .expect("own Redis");
     redis.restart().await.expect("Redis restarts");
     let deadline = tokio::time::Instant::now() + WAIT;
     let resumed = loop {
@@ -289,7 +304,17 @@ async fn redis_down_fails_writes_fast_and_serves_reads_from_postgres() {
         }
     };
     let p = resumed.progress.expect("record");
-    assert_eq!((p.chapter.as_str(), p.version), ("6", 2), "versions continue");
+    assert_eq!(
+        (p.chapter.as_str(), p.version),
+        ("6", 2),
+        "versions continue"
+    );
+    app.wait_flushed().await;
+    assert_eq!(
+        row(&app.pg_pool().await, "outage", 1).await,
+        Some(("6.00".to_owned(), 2)),
+        "the queue drains into Postgres again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -331,7 +356,8 @@ async fn replicas_share_redis_postgres_events_and_batch_work() {
             let app = if i % 2 == 0 { &a } else { &b };
             async move {
                 let manga = 100 + i % 40;
-                app.update("shared", manga, &format!("{}", i / 40 + 1)).await
+                app.update("shared", manga, &format!("{}", i / 40 + 1))
+                    .await
             }
         })
         .buffer_unordered(16)

@@ -235,7 +235,10 @@ async fn kill_9_loses_no_acknowledged_update() {
         .await
         .map(|(n, ..)| (n,))
         .expect("XPENDING");
-    assert!(held > 0, "the killed writer held entries that must be claimed");
+    assert!(
+        held > 0,
+        "the killed writer held entries that must be claimed"
+    );
     let acked = load.acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), KEYS as usize);
 

@@ -109,6 +109,9 @@ impl BatchWriter {
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "reading the write-behind queue failed");
+                    if let Err(err) = super::create_group(self.conn.clone()).await {
+                        tracing::debug!(error = %err, "consumer group not recreated");
+                    }
                     self.pause(&mut backoff).await;
                 }
             }
@@ -135,10 +138,7 @@ impl BatchWriter {
             if self.gave_up() {
                 break;
             }
-            match self
-                .read_new(self.config.max_batch.max(1), None)
-                .await
-            {
+            match self.read_new(self.config.max_batch.max(1), None).await {
                 Ok(entries) if entries.is_empty() => break,
                 Ok(entries) => held = entries,
                 Err(err) => {
@@ -219,7 +219,10 @@ impl BatchWriter {
                 }
             };
             if !reply.claimed.is_empty() {
-                tracing::info!(entries = reply.claimed.len(), "claimed entries of a dead consumer");
+                tracing::info!(
+                    entries = reply.claimed.len(),
+                    "claimed entries of a dead consumer"
+                );
                 metrics::counter!("progress_queue_claimed_total")
                     .increment(reply.claimed.len() as u64);
                 let mut entries: Vec<Entry> = reply.claimed.into_iter().map(decode).collect();
@@ -288,7 +291,10 @@ impl BatchWriter {
         for entry in bad {
             tracing::error!(id = %entry.id, "undecodable queue entry moved to the dead letters");
             let mut cmd = redis::cmd("XADD");
-            cmd.arg(codec::DEAD_LETTERS).arg("*").arg("id").arg(&entry.id);
+            cmd.arg(codec::DEAD_LETTERS)
+                .arg("*")
+                .arg("id")
+                .arg(&entry.id);
             for (field, value) in &entry.raw.map {
                 let value: Vec<u8> = redis::from_redis_value_ref(value).unwrap_or_default();
                 cmd.arg(field).arg(value);
@@ -347,8 +353,7 @@ impl BatchWriter {
         metrics::gauge!("progress_queue_oldest_age_seconds").set(age_ms as f64 / 1000.0);
         if prune {
             let floor = oldest.map_or(i64::MAX, |e| decode(e.clone()).seq);
-            match pg::prune_tombstones(&self.pool, self.config.tombstone_retention, floor).await
-            {
+            match pg::prune_tombstones(&self.pool, self.config.tombstone_retention, floor).await {
                 Ok(n) if n > 0 => tracing::info!(tombstones = n, "pruned old tombstones"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "pruning tombstones failed"),

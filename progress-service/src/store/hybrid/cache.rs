@@ -148,7 +148,12 @@ impl Cache {
 
     /// Caches a row read from Postgres after `snap` was taken, unless Redis
     /// holds something newer (returned instead) or a delete.
-    pub async fn warm(&self, snap: &Snapshot, row: &Progress, seq: i64) -> Result<Warm, StoreError> {
+    pub async fn warm(
+        &self,
+        snap: &Snapshot,
+        row: &Progress,
+        seq: i64,
+    ) -> Result<Warm, StoreError> {
         let mut inv = self.warm.prepare_invoke();
         inv.key(codec::hash_key(&row.key))
             .key(codec::tomb_key(&row.key))
@@ -215,7 +220,10 @@ impl Cache {
         let mut out = Vec::with_capacity(keys.len());
         for (key, (fields, tomb)) in keys.iter().zip(replies) {
             if !fields.is_empty() {
-                out.push((key.manga_id, Some(codec::parse_hash(key, &fields)?.progress)));
+                out.push((
+                    key.manga_id,
+                    Some(codec::parse_hash(key, &fields)?.progress),
+                ));
             } else if tomb {
                 out.push((key.manga_id, None));
             }

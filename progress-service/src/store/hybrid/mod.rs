@@ -10,7 +10,7 @@
 mod batch_writer;
 pub mod cache;
 mod codec;
-mod pg;
+pub mod pg;
 mod relay;
 
 use std::collections::HashSet;
@@ -113,7 +113,9 @@ pub async fn open(
     })
 }
 
-async fn create_group(mut conn: ConnectionManager) -> anyhow::Result<()> {
+/// Creates the consumer group (and stream) unless it exists; also after a
+/// Redis restart without data, so entries written since are still drained.
+pub(super) async fn create_group(mut conn: ConnectionManager) -> anyhow::Result<()> {
     let created: redis::RedisResult<()> = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(codec::STREAM)
@@ -273,11 +275,7 @@ impl ProgressStore for HybridStore {
             if self.current(&key, &snap.state).await?.is_none() {
                 return Ok(false);
             }
-            if self
-                .cache
-                .compare_and_set(&snap, &key, None, &meta)
-                .await?
-            {
+            if self.cache.compare_and_set(&snap, &key, None, &meta).await? {
                 return Ok(true);
             }
             metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
@@ -286,11 +284,12 @@ impl ProgressStore for HybridStore {
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
-        self.cache.read(&ProgressKey {
-            user_id: "ping".into(),
-            manga_id: 1,
-        })
-        .await?;
+        self.cache
+            .read(&ProgressKey {
+                user_id: "ping".into(),
+                manga_id: 1,
+            })
+            .await?;
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }

@@ -174,7 +174,6 @@ pub async fn prune_tombstones(
 mod tests {
     use super::*;
     use crate::domain::{Chapter, Status};
-    use crate::store::{GroupCommitConfig, StoreConfig};
 
     fn record(chapter: i64, version: i64) -> Progress {
         Progress {
@@ -199,17 +198,11 @@ mod tests {
     #[tokio::test]
     async fn batches_committed_out_of_order_keep_the_newest_change() {
         let url = testkit::fresh_database().await.expect("database");
-        let pool = crate::store::postgres::connect(&StoreConfig {
-            database_url: url,
-            db_max_connections: 2,
-            group_commit: GroupCommitConfig {
-                max_batch: 1,
-                shards: 1,
-            },
-            hybrid: None,
-        })
-        .await
-        .expect("connect");
+        let pool = PgPool::connect(&url).await.expect("connect");
+        sqlx::migrate!("../migrations/postgres")
+            .run(&pool)
+            .await
+            .expect("migrations");
         let key = record(0, 1).key;
         let delete = Batch {
             upserts: vec![],
@@ -218,11 +211,17 @@ mod tests {
         // Queue order: v1 (10), v2 (15), delete (20), recreated v1 (30).
         write_batch(&pool, &upsert(100, 2, 15)).await.expect("v2");
         write_batch(&pool, &delete).await.expect("delete");
-        write_batch(&pool, &upsert(50, 1, 10)).await.expect("stale v1");
+        write_batch(&pool, &upsert(50, 1, 10))
+            .await
+            .expect("stale v1");
         assert_eq!(get_with_seq(&pool, &key).await.expect("read"), None);
-        write_batch(&pool, &upsert(300, 1, 30)).await.expect("recreate");
+        write_batch(&pool, &upsert(300, 1, 30))
+            .await
+            .expect("recreate");
         write_batch(&pool, &delete).await.expect("delete again");
-        write_batch(&pool, &upsert(100, 2, 15)).await.expect("stale v2");
+        write_batch(&pool, &upsert(100, 2, 15))
+            .await
+            .expect("stale v2");
         let (p, seq) = get_with_seq(&pool, &key)
             .await
             .expect("read")
