@@ -65,6 +65,10 @@ pub struct Config {
     )]
     pub listen: SocketAddr,
 
+    /// Admin HTTP address for /metrics, /healthz and /readyz (unset = no admin port).
+    #[arg(long, env = "METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// `sqlite://FILE` (embedded, created on first start) or `postgres://…`.
     #[arg(
         long,

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,6 +23,7 @@ const SERVICE_NAME: &str = "mangahub.progress.v1.ProgressService";
 
 pub struct Application {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     config: Config,
     store: DynStore,
     events: EventBus,
@@ -56,8 +58,17 @@ impl Application {
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
+        let admin = match config.metrics_listen {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the admin port {addr}"))?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
+            admin,
             config,
             store,
             events,
@@ -66,6 +77,11 @@ impl Application {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or(self.config.listen)
+    }
+
+    /// Where /metrics, /healthz and /readyz are served, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn store(&self) -> DynStore {
@@ -80,6 +96,7 @@ impl Application {
     ) -> anyhow::Result<()> {
         let Application {
             listener,
+            admin,
             config,
             store,
             events,
@@ -103,6 +120,18 @@ impl Application {
             .build_v1()?;
 
         let stop_serving = CancellationToken::new();
+        if let Some(admin) = admin {
+            let store = store.clone();
+            let ready: mangahub_admin::ReadyCheck = Arc::new(move || {
+                let store = store.clone();
+                Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
+            });
+            tokio::spawn(mangahub_admin::serve(
+                admin,
+                ready,
+                stop_serving.clone().cancelled_owned(),
+            ));
+        }
         let incoming = TcpListenerStream::new(listener);
         let server = Server::builder()
             .tcp_nodelay(true)

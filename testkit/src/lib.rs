@@ -3,9 +3,11 @@
 //! binaries when none is reachable), and private Postgres/Redis servers that
 //! fault tests may stop, kill and restart without disturbing anyone else.
 
+mod http;
 mod postgres;
 mod redis;
 
+pub use http::http_get;
 pub use postgres::{PrivatePostgres, fresh_database};
 pub use redis::PrivateRedis;
 

@@ -2,6 +2,7 @@
 //! Postgres alike and in hybrid mode (see `helpers::both_backends!`); hybrid-only
 //! behaviour in `hybrid`.
 
+mod admin;
 mod concurrency;
 mod delete;
 mod get_list;
