@@ -1,6 +1,9 @@
 //! `mangahub`: the one command a developer or operator needs beside the two services.
 
+#![allow(clippy::print_stdout)] // a command-line tool talks on stdout
+
 mod bench;
+mod client;
 mod healthcheck;
 mod token;
 
@@ -23,6 +26,8 @@ enum Command {
     Token(token::TokenArgs),
     /// Exit 0 when the progress service's gRPC health check says SERVING (container probes).
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Talk to a gateway: update, get, list, delete, watch, or an interactive shell.
+    Client(client::ClientArgs),
     /// Load generators that print a results table.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -35,6 +40,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Token(args) => token::run(&args),
         Command::Healthcheck(args) => runtime.block_on(healthcheck::run(&args)),
+        Command::Client(args) => runtime.block_on(client::run(args)),
         Command::Bench(cmd) => bench::run(cmd),
     }
 }

@@ -1,0 +1,336 @@
+//! `mangahub client …`: a real TCP client of the gateway protocol, for people
+//! (readable lines) and scripts (`--json`: the server's lines as received).
+
+mod render;
+pub mod session;
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use session::{Message, Session};
+
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// Gateway address.
+    #[arg(
+        long,
+        env = "MANGAHUB_ADDR",
+        default_value = "127.0.0.1:8081",
+        global = true
+    )]
+    pub addr: String,
+    /// JWT to authenticate with (see `mangahub token`).
+    #[arg(long, env = "MANGAHUB_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Or mint a token for this user with JWT_SECRET.
+    #[arg(long, global = true)]
+    pub user: Option<String>,
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
+    pub jwt_secret: Option<String>,
+    /// Print the server's JSON lines instead of readable text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Option<ClientCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Save reading progress.
+    Update {
+        #[arg(long)]
+        manga: i64,
+        /// Decimal chapter, e.g. 76.5
+        #[arg(long)]
+        chapter: String,
+        #[arg(long)]
+        page: Option<u32>,
+        /// reading, completed, on_hold, dropped, plan_to_read
+        #[arg(long)]
+        status: Option<String>,
+        /// Accept a position behind the stored one.
+        #[arg(long)]
+        force: bool,
+        /// Only this user's devices hear about it.
+        #[arg(long)]
+        private: bool,
+    },
+    /// Show one record.
+    Get {
+        #[arg(long)]
+        manga: i64,
+    },
+    /// List records, oldest change first.
+    List {
+        /// Only records changed after this RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<u32>,
+        #[arg(long)]
+        cursor: Option<String>,
+    },
+    /// Delete one record.
+    Delete {
+        #[arg(long)]
+        manga: i64,
+    },
+    /// Print events as they arrive: your other devices' updates, plus the
+    /// channels named here.
+    Watch {
+        /// Subscribe to manga:<id> (repeatable).
+        #[arg(long)]
+        manga: Vec<i64>,
+        /// Subscribe to every public update.
+        #[arg(long)]
+        global: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Interactive: type commands (`help` lists them); events print as they arrive.
+    Shell,
+}
+
+pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
+    let token = match (&args.token, &args.user, &args.jwt_secret) {
+        (Some(token), _, _) => token.clone(),
+        (None, Some(user), Some(secret)) => {
+            crate::token::mint(secret, user, None, Duration::from_secs(3600))?
+        }
+        _ => bail!("give --token (or MANGAHUB_TOKEN), or --user with JWT_SECRET"),
+    };
+    let mut session = Session::connect(&args.addr, &token).await?;
+    let json = args.json;
+    let command = args.command.unwrap_or(ClientCommand::Shell);
+    let reply = match command {
+        ClientCommand::Update {
+            manga,
+            chapter,
+            page,
+            status,
+            force,
+            private,
+        } => {
+            let data = update_data(manga, &chapter, page, status.as_deref(), force, private)?;
+            session.request("progress_update", Some(&data)).await?
+        }
+        ClientCommand::Get { manga } => {
+            session
+                .request("get_progress", Some(&format!(r#"{{"manga_id":{manga}}}"#)))
+                .await?
+        }
+        ClientCommand::List {
+            since,
+            limit,
+            cursor,
+        } => {
+            let data =
+                serde_json::json!({"updated_since": since, "limit": limit, "cursor": cursor});
+            let data = strip_nulls(data);
+            session
+                .request("list_progress", Some(&data.to_string()))
+                .await?
+        }
+        ClientCommand::Delete { manga } => {
+            session
+                .request(
+                    "delete_progress",
+                    Some(&format!(r#"{{"manga_id":{manga}}}"#)),
+                )
+                .await?
+        }
+        ClientCommand::Watch {
+            manga,
+            global,
+            count,
+        } => {
+            return watch(&mut session, &manga, global, count, json).await;
+        }
+        ClientCommand::Shell => return shell(session, json).await,
+    };
+    print(&reply, json);
+    if reply.kind == "error" {
+        bail!("the gateway answered {}", reply.code.unwrap_or_default());
+    }
+    Ok(())
+}
+
+fn print(msg: &Message, json: bool) {
+    if json {
+        println!("{}", msg.raw);
+    } else {
+        println!("{}", render::human(msg));
+    }
+}
+
+/// JSON `data` of a `progress_update`; the chapter goes out as the number typed.
+fn update_data(
+    manga: i64,
+    chapter: &str,
+    page: Option<u32>,
+    status: Option<&str>,
+    force: bool,
+    private: bool,
+) -> anyhow::Result<String> {
+    let is_plain_decimal = !chapter.is_empty()
+        && chapter.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        && chapter.bytes().filter(|b| *b == b'.').count() <= 1
+        && !chapter.starts_with('.')
+        && !chapter.ends_with('.');
+    if !is_plain_decimal {
+        bail!("--chapter must be a decimal number such as 76 or 76.5");
+    }
+    let mut data = format!(r#"{{"manga_id":{manga},"chapter":{chapter}"#);
+    if let Some(page) = page {
+        data += &format!(r#","page":{page}"#);
+    }
+    if let Some(status) = status {
+        data += &format!(r#","status":{}"#, serde_json::to_string(status)?);
+    }
+    if force {
+        data += r#","force":true"#;
+    }
+    if private {
+        data += r#","private":true"#;
+    }
+    data.push('}');
+    Ok(data)
+}
+
+fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        other => other,
+    }
+}
+
+async fn watch(
+    session: &mut Session,
+    mangas: &[i64],
+    global: bool,
+    count: Option<usize>,
+    json: bool,
+) -> anyhow::Result<()> {
+    for manga in mangas {
+        let reply = session
+            .request("subscribe", Some(&format!(r#"{{"manga_id":{manga}}}"#)))
+            .await?;
+        print(&reply, json);
+    }
+    if global {
+        let reply = session
+            .request("subscribe", Some(r#"{"channel":"global"}"#))
+            .await?;
+        print(&reply, json);
+    }
+    if !json {
+        println!("watching as {} (Ctrl-C to stop)", session.user_id);
+    }
+    let mut seen = 0;
+    while count.is_none_or(|n| seen < n) {
+        let Some(msg) = session.next().await? else {
+            bail!("the gateway closed the connection");
+        };
+        print(&msg, json);
+        seen += 1;
+    }
+    Ok(())
+}
+
+const SHELL_HELP: &str = "commands:
+  update <manga> <chapter> [page] [status]   save progress
+  get <manga> | delete <manga> | list
+  sub <manga>|global  /  unsub <manga>|global
+  ping | help | quit
+  {…}                                          any raw JSON line";
+
+/// Reads commands from stdin while printing whatever the gateway sends.
+async fn shell(mut session: Session, json: bool) -> anyhow::Result<()> {
+    println!("connected as {}; type `help`", session.user_id);
+    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => {
+                let Some(line) = line? else { return Ok(()) };
+                match shell_line(line.trim()) {
+                    Ok(ShellAction::Quit) => return Ok(()),
+                    Ok(ShellAction::Help) => println!("{SHELL_HELP}"),
+                    Ok(ShellAction::Send(raw)) => session.send_line(&raw).await?,
+                    Ok(ShellAction::Nothing) => {}
+                    Err(err) => println!("{err}"),
+                }
+            }
+            msg = session.next() => match msg? {
+                Some(msg) => print(&msg, json),
+                None => bail!("the gateway closed the connection"),
+            },
+        }
+    }
+}
+
+enum ShellAction {
+    Send(String),
+    Help,
+    Quit,
+    Nothing,
+}
+
+fn shell_line(line: &str) -> anyhow::Result<ShellAction> {
+    if line.starts_with('{') {
+        return Ok(ShellAction::Send(line.to_owned()));
+    }
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let manga = |i: usize| -> anyhow::Result<i64> {
+        words
+            .get(i)
+            .context("missing manga id")?
+            .parse()
+            .context("manga id must be a number")
+    };
+    let channel = |i: usize| -> anyhow::Result<String> {
+        match words.get(i) {
+            Some(&"global") => Ok(r#"{"channel":"global"}"#.to_owned()),
+            _ => Ok(format!(r#"{{"manga_id":{}}}"#, manga(i)?)),
+        }
+    };
+    let msg = |kind: &str, data: String| format!(r#"{{"type":"{kind}","data":{data}}}"#);
+    Ok(match words.first().copied() {
+        None => ShellAction::Nothing,
+        Some("quit" | "exit") => ShellAction::Quit,
+        Some("help") => ShellAction::Help,
+        Some("ping") => ShellAction::Send(r#"{"type":"ping"}"#.into()),
+        Some("list") => ShellAction::Send(r#"{"type":"list_progress"}"#.into()),
+        Some("get") => ShellAction::Send(msg(
+            "get_progress",
+            format!(r#"{{"manga_id":{}}}"#, manga(1)?),
+        )),
+        Some("delete") => ShellAction::Send(msg(
+            "delete_progress",
+            format!(r#"{{"manga_id":{}}}"#, manga(1)?),
+        )),
+        Some("sub") => ShellAction::Send(msg("subscribe", channel(1)?)),
+        Some("unsub") => ShellAction::Send(msg("unsubscribe", channel(1)?)),
+        Some("update") => {
+            let chapter = words.get(2).context("missing chapter")?;
+            let page = words
+                .get(3)
+                .map(|p| p.parse())
+                .transpose()
+                .context("page must be a number")?;
+            let data = update_data(
+                manga(1)?,
+                chapter,
+                page,
+                words.get(4).copied(),
+                false,
+                false,
+            )?;
+            ShellAction::Send(msg("progress_update", data))
+        }
+        Some(other) => bail!("unknown command {other:?}; type `help`"),
+    })
+}
