@@ -8,6 +8,8 @@ use clap::Parser;
 use mangahub_proto::v1 as pb;
 use mangahub_proto::v1::progress_service_client::ProgressServiceClient;
 use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
 
 use super::stats::Samples;
 
@@ -45,6 +47,15 @@ pub struct GrpcArgs {
     pub server_threads: usize,
 }
 
+/// What each caller sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Update,
+    /// `grpc.health.v1.Health/Check`: the same gRPC path with no storage behind
+    /// it, the ceiling every update figure is compared with.
+    Health,
+}
+
 struct Row {
     target: String,
     acked: usize,
@@ -60,7 +71,7 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
         .build()?;
     let mut rows = Vec::new();
     if let Some(addr) = &args.addr {
-        rows.push(client_rt.block_on(measure(addr.clone(), addr.clone(), args))?);
+        rows.push(client_rt.block_on(measure(addr.clone(), addr.clone(), args, Op::Update))?);
     } else {
         for backend in &args.backend {
             let server_rt = tokio::runtime::Builder::new_multi_thread()
@@ -86,7 +97,16 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
                 let _ = stopped.await;
             }));
             let name = format!("{backend:?}").to_lowercase();
-            rows.push(client_rt.block_on(measure(name, addr, args))?);
+            if rows.is_empty() {
+                let reference = "reference: gRPC health check (no storage)".to_owned();
+                rows.push(client_rt.block_on(measure(
+                    reference,
+                    addr.clone(),
+                    args,
+                    Op::Health,
+                ))?);
+            }
+            rows.push(client_rt.block_on(measure(name, addr, args, Op::Update))?);
             let _ = stop.send(());
             server_rt.block_on(server)??;
         }
@@ -115,7 +135,7 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(target: String, addr: String, args: &GrpcArgs) -> anyhow::Result<Row> {
+async fn measure(target: String, addr: String, args: &GrpcArgs, op: Op) -> anyhow::Result<Row> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(
@@ -131,9 +151,10 @@ async fn measure(target: String, addr: String, args: &GrpcArgs) -> anyhow::Resul
     let end = measure_from + args.duration;
     let callers: Vec<_> = (0..args.concurrency)
         .map(|i| {
-            let client = ProgressServiceClient::new(channels[i % channels.len()].clone());
+            let channel = channels[i % channels.len()].clone();
             tokio::spawn(caller(
-                client,
+                channel,
+                op,
                 format!("bench-{run_id}-{i}"),
                 measure_from,
                 end,
@@ -158,11 +179,14 @@ async fn measure(target: String, addr: String, args: &GrpcArgs) -> anyhow::Resul
 
 /// One caller: its own user, 100 mangas, chapters that always move forward.
 async fn caller(
-    mut client: ProgressServiceClient<Channel>,
+    channel: Channel,
+    op: Op,
     user: String,
     measure_from: Instant,
     end: Instant,
 ) -> (Samples, usize) {
+    let mut client = ProgressServiceClient::new(channel.clone());
+    let mut health = HealthClient::new(channel);
     let mut samples = Samples::default();
     let mut errors = 0;
     let mut k: u64 = 0;
@@ -178,7 +202,15 @@ async fn caller(
             ..Default::default()
         };
         k += 1;
-        let ok = client.update_progress(req).await.is_ok();
+        let ok = match op {
+            Op::Update => client.update_progress(req).await.is_ok(),
+            Op::Health => health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .is_ok(),
+        };
         if sent >= measure_from {
             if ok {
                 samples.record(sent.elapsed());

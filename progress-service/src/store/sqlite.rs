@@ -38,7 +38,10 @@ pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<Sqli
             SqliteSync::Full => SqliteSynchronous::Full,
             SqliteSync::Normal => SqliteSynchronous::Normal,
         })
-        .busy_timeout(Duration::from_secs(5));
+        .busy_timeout(Duration::from_secs(5))
+        // Statement journals of the batched upserts stay in memory.
+        .pragma("temp_store", "memory")
+        .pragma("cache_size", "-16384");
     let write_pool = SqlitePoolOptions::new()
         .max_connections(1)
         .connect_with(options.clone())
