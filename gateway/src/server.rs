@@ -106,6 +106,21 @@ impl Gateway {
         Readiness(self.ready_rx.clone())
     }
 
+    /// `/readyz`: ready while the event stream to the progress service is up.
+    pub fn ready_check(&self) -> mangahub_admin::ReadyCheck {
+        let readiness = self.readiness();
+        Arc::new(move || {
+            let ready = readiness.is_ready();
+            Box::pin(async move {
+                if ready {
+                    Ok(())
+                } else {
+                    Err("event stream to the progress service is down".to_owned())
+                }
+            })
+        })
+    }
+
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
         let Gateway {

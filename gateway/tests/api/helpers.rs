@@ -79,6 +79,8 @@ impl Progress {
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// The admin port: /metrics, /healthz, /readyz.
+    pub admin: SocketAddr,
     pub progress: Option<Progress>,
     pub db: PathBuf,
     pub readiness: gateway::Readiness,
@@ -122,6 +124,15 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let gw = gateway::Gateway::build(listener, config).expect("gateway builds");
     let addr = gw.local_addr().expect("gateway address");
     let mut readiness = gw.readiness();
+    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind admin");
+    let admin = admin_listener.local_addr().expect("admin address");
+    tokio::spawn(mangahub_admin::serve(
+        admin_listener,
+        gw.ready_check(),
+        std::future::pending(),
+    ));
     let (stop, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(gw.run(async move {
         let _ = rx.await;
@@ -134,6 +145,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     );
     TestApp {
         addr,
+        admin,
         progress: Some(progress),
         db,
         readiness,

@@ -1,5 +1,6 @@
 //! Black-box tests of the gateway: real sockets, the real progress service.
 
+mod admin;
 mod auth;
 mod fanout;
 mod helpers;
