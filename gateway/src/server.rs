@@ -47,6 +47,7 @@ impl Readiness {
 /// A gateway bound to its listener, ready to run.
 pub struct Gateway {
     listener: TcpListener,
+    admin: Option<TcpListener>,
     shared: Arc<Shared>,
     tls: Option<TlsAcceptor>,
     max_connections: usize,
@@ -84,8 +85,15 @@ impl Gateway {
             conn_quota: quota(config.rate_limit_per_sec, config.rate_limit_burst),
         });
         let (ready_tx, ready_rx) = watch::channel(false);
+        let admin = match config.metrics_listen {
+            Some(addr) => {
+                Some(bind_admin(addr).with_context(|| format!("binding the admin port {addr}"))?)
+            }
+            None => None,
+        };
         Ok(Self {
             listener,
+            admin,
             shared,
             tls,
             max_connections: config.max_connections(),
@@ -100,6 +108,11 @@ impl Gateway {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where /metrics, /healthz and /readyz are served, when configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn readiness(&self) -> Readiness {
@@ -123,8 +136,10 @@ impl Gateway {
 
     /// Serves until `shutdown` resolves, then drains and returns.
     pub async fn run(self, shutdown: impl Future) -> anyhow::Result<()> {
+        let ready_check = self.ready_check();
         let Gateway {
             listener,
+            admin,
             shared,
             tls,
             max_connections,
@@ -133,6 +148,13 @@ impl Gateway {
             ready_rx: _,
         } = self;
         let stop = CancellationToken::new();
+        if let Some(admin) = admin {
+            tokio::spawn(mangahub_admin::serve(
+                admin,
+                ready_check,
+                stop.clone().cancelled_owned(),
+            ));
+        }
         let stream_task = tokio::spawn(event_stream::run(
             shared.backend.fanout.clone(),
             shared.backend.client.clone(),
@@ -197,6 +219,13 @@ impl Gateway {
         tracing::info!("gateway stopped");
         Ok(())
     }
+}
+
+/// Binds the admin port synchronously, so `Gateway::build` can stay sync.
+fn bind_admin(addr: SocketAddr) -> io::Result<TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    TcpListener::from_std(listener)
 }
 
 /// Binds nothing itself: serves on `listener` until `shutdown` resolves.

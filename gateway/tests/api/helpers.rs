@@ -115,6 +115,8 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
         "3s",
         "--grpc-connect-timeout",
         "1s",
+        "--metrics-listen",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let config = gateway::Config::try_parse_from(args).expect("gateway config");
@@ -124,15 +126,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let gw = gateway::Gateway::build(listener, config).expect("gateway builds");
     let addr = gw.local_addr().expect("gateway address");
     let mut readiness = gw.readiness();
-    let admin_listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind admin");
-    let admin = admin_listener.local_addr().expect("admin address");
-    tokio::spawn(mangahub_admin::serve(
-        admin_listener,
-        gw.ready_check(),
-        std::future::pending(),
-    ));
+    let admin = gw.admin_addr().expect("admin port");
     let (stop, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(gw.run(async move {
         let _ = rx.await;
