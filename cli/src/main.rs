@@ -4,6 +4,7 @@
 
 mod bench;
 mod client;
+mod dev;
 mod healthcheck;
 mod token;
 
@@ -22,6 +23,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the whole system locally: progress service (SQLite) + gateway, one process.
+    Dev(dev::DevArgs),
     /// Mint an HS256 token for the gateway (development and other services' tests).
     Token(token::TokenArgs),
     /// Exit 0 when the progress service's gRPC health check says SERVING (container probes).
@@ -33,11 +36,34 @@ enum Command {
     Bench(bench::BenchCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    progress_service::telemetry::init(progress_service::config::LogFormat::Text);
+    // Logs go to stderr: stdout carries the command's output (tokens, JSON lines).
+    let default_level = if matches!(cli.command, Command::Dev(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Runtime::new()?;
     match cli.command {
+        Command::Dev(args) => runtime.block_on(dev::run(args)),
         Command::Token(args) => token::run(&args),
         Command::Healthcheck(args) => runtime.block_on(healthcheck::run(&args)),
         Command::Client(args) => runtime.block_on(client::run(args)),

@@ -248,26 +248,42 @@ const SHELL_HELP: &str = "commands:
   ping | help | quit
   {…}                                          any raw JSON line";
 
-/// Reads commands from stdin while printing whatever the gateway sends.
+/// Reads commands from stdin while printing whatever the gateway sends. At
+/// `quit` or end of input it waits for the replies still owed.
 async fn shell(mut session: Session, json: bool) -> anyhow::Result<()> {
     println!("connected as {}; type `help`", session.user_id);
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
+    let (mut sent, mut answered) = (0u64, 0u64);
+    let mut input_open = true;
     loop {
+        if !input_open && answered >= sent {
+            return Ok(());
+        }
         tokio::select! {
-            line = stdin.next_line() => {
-                let Some(line) = line? else { return Ok(()) };
-                match shell_line(line.trim()) {
-                    Ok(ShellAction::Quit) => return Ok(()),
-                    Ok(ShellAction::Help) => println!("{SHELL_HELP}"),
-                    Ok(ShellAction::Send(raw)) => session.send_line(&raw).await?,
-                    Ok(ShellAction::Nothing) => {}
-                    Err(err) => println!("{err}"),
+            line = stdin.next_line(), if input_open => {
+                match line?.map(|l| shell_line(l.trim())) {
+                    None | Some(Ok(ShellAction::Quit)) => input_open = false,
+                    Some(Ok(ShellAction::Help)) => println!("{SHELL_HELP}"),
+                    Some(Ok(ShellAction::Send(raw))) => {
+                        session.send_line(&raw).await?;
+                        sent += 1;
+                    }
+                    Some(Ok(ShellAction::Nothing)) => {}
+                    Some(Err(err)) => println!("{err}"),
                 }
             }
             msg = session.next() => match msg? {
-                Some(msg) => print(&msg, json),
+                Some(msg) => {
+                    if !msg.is_event() {
+                        answered += 1;
+                    }
+                    print(&msg, json);
+                }
                 None => bail!("the gateway closed the connection"),
             },
+            () = tokio::time::sleep(Duration::from_secs(10)), if !input_open => {
+                bail!("no reply to {} request(s)", sent - answered);
+            }
         }
     }
 }

@@ -47,6 +47,11 @@ impl Message {
         Ok(msg)
     }
 
+    /// Pushed by the gateway rather than answering a request.
+    pub fn is_event(&self) -> bool {
+        self.channel.is_some() || self.kind == "system"
+    }
+
     fn answers(&self, id: u64) -> bool {
         self.id
             .as_ref()

@@ -1,0 +1,66 @@
+use serde_json::Value;
+
+use crate::helpers::{output, start_dev, stdout};
+
+#[tokio::test]
+async fn client_commands_print_the_documented_output() {
+    let dev = start_dev().await;
+    let run = |args: &'static [&'static str]| {
+        let mut cmd = dev.client(args);
+        async move { output(&mut cmd).await }
+    };
+
+    let saved = run(&[
+        "update",
+        "--manga",
+        "7",
+        "--chapter",
+        "12.50",
+        "--page",
+        "3",
+    ])
+    .await;
+    assert!(saved.status.success());
+    let text = stdout(&saved);
+    assert!(
+        text.starts_with("saved: manga 7: chapter 12.5, page 3, reading (v1, "),
+        "{text}"
+    );
+
+    let behind = run(&["update", "--manga", "7", "--chapter", "1"]).await;
+    assert!(
+        stdout(&behind).starts_with(
+            "not applied (stored progress is ahead or unchanged): manga 7: chapter 12.5"
+        )
+    );
+
+    let got = run(&["--json", "get", "--manga", "7"]).await;
+    let got: Value = serde_json::from_str(stdout(&got).trim()).expect("JSON");
+    assert_eq!(got["type"], "progress");
+    assert_eq!(got["data"]["chapter"], serde_json::json!(12.5));
+    assert_eq!(got["data"]["version"], 1);
+
+    let listed = run(&["list"]).await;
+    assert!(
+        stdout(&listed).starts_with("manga 7: chapter 12.5, page 3, reading"),
+        "{}",
+        stdout(&listed)
+    );
+
+    assert_eq!(
+        stdout(&run(&["delete", "--manga", "7"]).await).trim(),
+        "deleted: manga 7"
+    );
+    let missing = run(&["get", "--manga", "7"]).await;
+    assert!(!missing.status.success(), "a NOT_FOUND exits non-zero");
+    assert!(
+        stdout(&missing).starts_with("error NOT_FOUND:"),
+        "{}",
+        stdout(&missing)
+    );
+
+    let bad = run(&["update", "--manga", "7", "--chapter", "1e3"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--chapter must be a decimal number"));
+    assert!(dev.interrupt().await.success());
+}

@@ -1,0 +1,7 @@
+//! The `mangahub` binary as a user runs it: `dev` on free ports, `token`, and
+//! `client` commands against the dev gateway, all as real child processes.
+
+mod client;
+mod dev;
+mod helpers;
+mod token;
