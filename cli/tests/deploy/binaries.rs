@@ -1,14 +1,16 @@
 //! The three binaries the image ships, and what their `--help` accepts.
 //!
 //! `mangahub` is this package's binary. `gateway` and `progress-service` are
-//! other packages' binaries in the same target directory; cargo does not
-//! build them for this test, so they are built (same profile) once per run,
-//! which is a no-op when they are up to date and keeps them from going stale.
+//! other packages' binaries in the same target directory: `cargo test
+//! --workspace` builds them (their packages have integration tests), but
+//! `cargo test -p mangahub` does not, so when one is missing or older than
+//! the sources it is built here, with the same profile.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::SystemTime;
 
 pub const MANGAHUB: &str = "mangahub";
 pub const GATEWAY: &str = "gateway";
@@ -24,11 +26,47 @@ pub fn path(name: &str) -> PathBuf {
         "not one of our binaries: {name:?}"
     );
     let dir = mangahub.parent().expect("binary directory").to_path_buf();
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| build_services(&dir));
     let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    static BUILT: OnceLock<()> = OnceLock::new();
+    if !is_fresh(&path) {
+        BUILT.get_or_init(|| build_services(&dir));
+    }
     assert!(path.exists(), "{} is missing", path.display());
     path
+}
+
+/// Whether `binary` exists and is newer than every source it is built from.
+fn is_fresh(binary: &Path) -> bool {
+    let Ok(built) = std::fs::metadata(binary).and_then(|m| m.modified()) else {
+        return false;
+    };
+    let root = crate::compose::repo_root();
+    let sources = [
+        "Cargo.lock",
+        "proto",
+        "migrations",
+        "admin/src",
+        "admin/Cargo.toml",
+        "progress-service/src",
+        "progress-service/Cargo.toml",
+        "gateway/src",
+        "gateway/Cargo.toml",
+    ];
+    sources
+        .iter()
+        .all(|s| newest_modification(&root.join(s)).is_none_or(|m| m <= built))
+}
+
+fn newest_modification(path: &Path) -> Option<SystemTime> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_dir() {
+        return meta.modified().ok();
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter_map(|entry| newest_modification(&entry.path()))
+        .max()
 }
 
 fn build_services(bin_dir: &Path) {
