@@ -145,10 +145,11 @@ pub async fn run(binary: &Path, args: &[&str], env: &BTreeMap<String, String>) -
 }
 
 /// Whether `mangahub args…` exits 0 (for probes).
-pub async fn succeeds(binary: &Path, args: &[String]) -> bool {
+pub async fn succeeds(binary: &Path, args: &[String], env: &BTreeMap<String, String>) -> bool {
     let status = Command::new(binary)
         .args(args)
         .env_clear()
+        .envs(env)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -34,6 +34,16 @@ fn environment(service: &Yaml, replace: &[(&str, String)]) -> BTreeMap<String, S
     env
 }
 
+/// A service's compose healthcheck (`mangahub …`) with `flag`'s value replaced;
+/// returns the arguments after `mangahub`.
+fn healthcheck(service: &Yaml, flag: &str, value: String) -> Vec<String> {
+    let mut probe = compose::healthcheck_command(service).expect("healthcheck");
+    assert_eq!(probe.first().map(String::as_str), Some(MANGAHUB));
+    let at = probe.iter().position(|a| a == flag).expect(flag) + 1;
+    probe[at] = value;
+    probe.split_off(1)
+}
+
 fn parse(line: &str) -> Value {
     serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
 }
@@ -90,12 +100,10 @@ async fn compose_topology_runs_a_full_scenario_natively() {
     );
 
     // Ready when the compose healthcheck, pointed at this port, passes.
-    let mut probe = compose::healthcheck_command(&progress_def).expect("healthcheck");
-    assert_eq!(probe.first().map(String::as_str), Some(MANGAHUB));
-    let url_at = probe.iter().position(|a| a == "--url").expect("--url") + 1;
-    probe[url_at] = format!("http://{grpc}");
+    let probe = healthcheck(&progress_def, "--url", format!("http://{grpc}"));
+    let no_env = BTreeMap::new();
     wait_until(STARTUP, "the progress service's healthcheck", || {
-        process::succeeds(&mangahub, &probe[1..])
+        process::succeeds(&mangahub, &probe, &no_env)
     })
     .await
     .expect("progress service healthy");
@@ -122,6 +130,13 @@ async fn compose_topology_runs_a_full_scenario_natively() {
     })
     .await
     .expect("gateway ready");
+    // The gateway's compose healthcheck runs with its container's environment.
+    let probe = healthcheck(&gateway_def, "--addr", tcp.to_string());
+    let gateway_env = compose::environment(&gateway_def);
+    assert!(
+        process::succeeds(&mangahub, &probe, &gateway_env).await,
+        "gateway healthcheck {probe:?}"
+    );
 
     let client_env: BTreeMap<String, String> =
         [("JWT_SECRET".to_owned(), secrets["JWT_SECRET"].clone())].into();
