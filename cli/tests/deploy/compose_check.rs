@@ -141,6 +141,17 @@ fn compose_topology_is_the_documented_one() {
         );
         let token_of = |s: &Yaml| compose::environment(s).get("SERVICE_TOKEN").cloned();
         let token = token_of(&progress[0].1).expect("progress service has SERVICE_TOKEN");
+        // Replicas run the settings the smoke test ran for the first of each.
+        for replicas in [&progress, &gateways] {
+            let (first, first_def) = &replicas[0];
+            for (name, def) in &replicas[1..] {
+                assert_eq!(
+                    compose::environment(def),
+                    compose::environment(first_def),
+                    "{file}: {name} and {first} differ"
+                );
+            }
+        }
 
         for (name, service) in &progress {
             let env = compose::environment(service);

@@ -2,6 +2,7 @@
 //! (shown when the test fails), killed on drop; and one-shot CLI runs.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -43,6 +44,24 @@ impl Service {
 
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Polls `ready` until it holds; fails at once if the service exits.
+    pub async fn wait_ready<F, Fut>(&mut self, timeout: Duration, mut ready: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !ready().await {
+            assert!(!self.has_exited(), "{} exited during startup", self.name);
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} not ready within {timeout:?}",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn wait(&mut self, timeout: Duration) -> ExitStatus {

@@ -102,11 +102,9 @@ async fn compose_topology_runs_a_full_scenario_natively() {
     // Ready when the compose healthcheck, pointed at this port, passes.
     let probe = healthcheck(&progress_def, "--url", format!("http://{grpc}"));
     let no_env = BTreeMap::new();
-    wait_until(STARTUP, "the progress service's healthcheck", || {
-        process::succeeds(&mangahub, &probe, &no_env)
-    })
-    .await
-    .expect("progress service healthy");
+    progress
+        .wait_ready(STARTUP, || process::succeeds(&mangahub, &probe, &no_env))
+        .await;
     let (status, body) = http_get(progress_admin, "/readyz").await.expect("/readyz");
     assert_eq!(status, 200, "progress service /readyz: {body}");
 
@@ -125,11 +123,11 @@ async fn compose_topology_runs_a_full_scenario_natively() {
             ],
         ),
     );
-    wait_until(STARTUP, "the gateway's /readyz", || async move {
-        matches!(http_get(gateway_admin, "/readyz").await, Ok((200, _)))
-    })
-    .await
-    .expect("gateway ready");
+    gateway
+        .wait_ready(STARTUP, || async move {
+            matches!(http_get(gateway_admin, "/readyz").await, Ok((200, _)))
+        })
+        .await;
     // The gateway's compose healthcheck runs with its container's environment.
     let probe = healthcheck(&gateway_def, "--addr", tcp.to_string());
     let gateway_env = compose::environment(&gateway_def);
