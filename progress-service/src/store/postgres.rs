@@ -3,6 +3,7 @@
 //! row guarded by the version it was planned against (other replicas may
 //! write the same rows).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +54,10 @@ pub async fn connect(config: &StoreConfig) -> anyhow::Result<PgPool> {
 
 pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<PostgresStore> {
     let pool = connect(config).await?;
-    let batch = Arc::new(PgBatch { pool: pool.clone() });
+    let batch = Arc::new(PgBatch {
+        pool: pool.clone(),
+        cache: RowCache::default(),
+    });
     Ok(PostgresStore {
         writer: GroupCommit::start(batch, events, config.group_commit),
         pool,
@@ -134,52 +138,146 @@ impl ProgressStore for PostgresStore {
     }
 }
 
-/// Columns of `Progress` as parallel arrays, for `UNNEST`.
+/// Rows this process wrote or read last, by key: a batch whose keys are all
+/// here needs no read. A stale entry (another replica wrote the row) makes the
+/// guarded write fail; the batch is then planned again on fresh rows.
 #[derive(Default)]
-pub(crate) struct Columns {
-    pub user_ids: Vec<String>,
-    pub manga_ids: Vec<i64>,
-    pub chapters: Vec<i64>,
-    pub pages: Vec<i32>,
-    pub statuses: Vec<&'static str>,
-    pub versions: Vec<i64>,
-    pub updated_at_us: Vec<i64>,
+struct RowCache {
+    rows: std::sync::Mutex<HashMap<ProgressKey, Progress>>,
 }
 
-impl Columns {
-    pub fn push(&mut self, p: &Progress) {
-        self.user_ids.push(p.key.user_id.clone());
-        self.manga_ids.push(p.key.manga_id);
-        self.chapters.push(p.chapter.hundredths());
-        self.pages.push(p.page);
-        self.statuses.push(p.status.as_str());
-        self.versions.push(p.version);
-        self.updated_at_us.push(p.updated_at.timestamp_micros());
+const ROW_CACHE_MAX: usize = 200_000;
+
+impl RowCache {
+    /// Splits `keys` into cached rows and the keys that must be read.
+    fn lookup(&self, keys: &[ProgressKey]) -> (Loaded, Vec<ProgressKey>) {
+        let mut loaded = Loaded::new();
+        let mut missing = Vec::new();
+        if let Ok(rows) = self.rows.lock() {
+            for key in keys {
+                match rows.get(key) {
+                    Some(p) => drop(loaded.insert(key.clone(), p.clone())),
+                    None => missing.push(key.clone()),
+                }
+            }
+        } else {
+            missing = keys.to_vec();
+        }
+        (loaded, missing)
     }
 
-    fn bind<'q>(
-        &'q self,
-        query: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
-    ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-        query
-            .bind(&self.user_ids)
-            .bind(&self.manga_ids)
-            .bind(&self.chapters)
-            .bind(&self.pages)
-            .bind(&self.statuses)
-            .bind(&self.versions)
-            .bind(&self.updated_at_us)
+    fn remember(
+        &self,
+        rows: impl IntoIterator<Item = Progress>,
+        deleted: impl IntoIterator<Item = ProgressKey>,
+    ) {
+        if let Ok(mut cache) = self.rows.lock() {
+            if cache.len() > ROW_CACHE_MAX {
+                cache.clear();
+            }
+            for p in rows {
+                cache.insert(p.key.clone(), p);
+            }
+            for key in deleted {
+                cache.remove(&key);
+            }
+        }
+    }
+
+    fn forget(&self, keys: &[ProgressKey]) {
+        if let Ok(mut cache) = self.rows.lock() {
+            for key in keys {
+                cache.remove(key);
+            }
+        }
     }
 }
 
-macro_rules! unnest_columns {
-    () => {
-        "UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[], $6::int8[], $7::int8[]"
-    };
+/// One batch's writes as parallel arrays for `UNNEST`; `op` is 0 insert,
+/// 1 update, 2 delete, and `guard` the version the row must still have.
+#[derive(Default)]
+struct WriteArrays {
+    user_ids: Vec<String>,
+    manga_ids: Vec<i64>,
+    chapters: Vec<i64>,
+    pages: Vec<i32>,
+    statuses: Vec<&'static str>,
+    versions: Vec<i64>,
+    updated_at_us: Vec<i64>,
+    guards: Vec<i64>,
+    ops: Vec<i16>,
 }
+
+impl WriteArrays {
+    fn push(&mut self, key: &ProgressKey, row: Option<&Progress>, guard: i64, op: i16) {
+        self.user_ids.push(key.user_id.clone());
+        self.manga_ids.push(key.manga_id);
+        self.chapters
+            .push(row.map_or(0, |p| p.chapter.hundredths()));
+        self.pages.push(row.map_or(0, |p| p.page));
+        self.statuses
+            .push(row.map_or("reading", |p| p.status.as_str()));
+        self.versions.push(row.map_or(0, |p| p.version));
+        self.updated_at_us
+            .push(row.map_or(0, |p| p.updated_at.timestamp_micros()));
+        self.guards.push(guard);
+        self.ops.push(op);
+    }
+
+    fn from_writes(writes: &Writes) -> Self {
+        let mut arrays = Self::default();
+        for p in &writes.inserts {
+            arrays.push(&p.key, Some(p), 0, 0);
+        }
+        for (p, guard) in &writes.updates {
+            arrays.push(&p.key, Some(p), *guard, 1);
+        }
+        for (key, guard) in &writes.deletes {
+            arrays.push(key, None, *guard, 2);
+        }
+        arrays
+    }
+}
+
+/// Every write of a batch in one statement, so it commits on its own in one
+/// round trip; `mangahub_assert_written` aborts all of it if any guard missed.
+const WRITE_BATCH: &str = concat!(
+    "WITH x AS (
+       SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[],
+                            $6::int8[], $7::int8[], $8::int8[], $9::int2[])
+         AS x(u, m, c, p, s, v, t, ev, op)
+     ),
+     ins AS (
+       INSERT INTO user_progress (user_id, manga_id, current_chapter, page, status, version, updated_at)
+       SELECT u, m, c::numeric / 100, p, s, v, ",
+    from_micros!("t"),
+    " FROM x WHERE op = 0
+       ON CONFLICT (user_id, manga_id) DO NOTHING
+       RETURNING 1
+     ),
+     upd AS (
+       UPDATE user_progress AS r SET current_chapter = x.c::numeric / 100, page = x.p,
+         status = x.s, version = x.v, updated_at = ",
+    from_micros!("x.t"),
+    " FROM x WHERE x.op = 1 AND r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev
+       RETURNING 1
+     ),
+     del AS (
+       DELETE FROM user_progress AS r USING x
+        WHERE x.op = 2 AND r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev
+       RETURNING 1
+     )
+     SELECT mangahub_assert_written(
+       (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM del),
+       cardinality($1::text[]))"
+);
+
+/// SQLSTATE raised by `mangahub_assert_written` (serialization_failure).
+const GUARD_MISSED: &str = "40001";
 
 struct PgBatch {
     pool: PgPool,
+    cache: RowCache,
 }
 
 #[async_trait]
@@ -189,92 +287,61 @@ impl SqlBatch for PgBatch {
         keys: &[ProgressKey],
         plan: &mut (dyn for<'a> FnMut(&'a Loaded) -> Writes + Send),
     ) -> Result<Committed, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let (user_ids, manga_ids): (Vec<&str>, Vec<i64>) = keys
-            .iter()
-            .map(|k| (k.user_id.as_str(), k.manga_id))
-            .unzip();
-        let rows: Vec<ProgressRow> = sqlx::query_as(concat!(
-            select_rows!(),
-            " JOIN UNNEST($1::text[], $2::int8[]) AS k(u, m) ON user_id = k.u AND manga_id = k.m"
-        ))
-        .bind(&user_ids)
-        .bind(&manga_ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let loaded: Loaded = into_records(rows)?
-            .into_iter()
-            .map(|p| (p.key.clone(), p))
-            .collect();
-        let writes = plan(&loaded);
-
-        let mut expected = 0;
-        let mut written = 0;
-        if !writes.inserts.is_empty() {
-            let mut cols = Columns::default();
-            writes.inserts.iter().for_each(|p| cols.push(p));
-            let sql = concat!(
-                "INSERT INTO user_progress (user_id, manga_id, current_chapter, page, status, version, updated_at)
-                 SELECT u, m, c::numeric / 100, p, s, v, ",
-                from_micros!("t"),
-                " FROM ",
-                unnest_columns!(),
-                ") AS x(u, m, c, p, s, v, t)
-                 ON CONFLICT (user_id, manga_id) DO NOTHING"
-            );
-            expected += writes.inserts.len() as u64;
-            written += cols
-                .bind(sqlx::query(sql))
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        if !writes.updates.is_empty() {
-            let mut cols = Columns::default();
-            writes.updates.iter().for_each(|(p, _)| cols.push(p));
-            let guards: Vec<i64> = writes.updates.iter().map(|(_, v)| *v).collect();
-            let sql = concat!(
-                "UPDATE user_progress AS r SET current_chapter = x.c::numeric / 100, page = x.p,
-                   status = x.s, version = x.v, updated_at = ",
-                from_micros!("x.t"),
-                " FROM ",
-                unnest_columns!(),
-                ", $8::int8[]) AS x(u, m, c, p, s, v, t, ev)
-                 WHERE r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev"
-            );
-            expected += writes.updates.len() as u64;
-            written += cols
-                .bind(sqlx::query(sql))
-                .bind(&guards)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-        }
-        if !writes.deletes.is_empty() {
-            let (keys, guards): (Vec<&ProgressKey>, Vec<i64>) =
-                writes.deletes.iter().map(|(k, v)| (k, *v)).unzip();
-            let (user_ids, manga_ids): (Vec<&str>, Vec<i64>) = keys
+        let (mut loaded, missing) = self.cache.lookup(keys);
+        if !missing.is_empty() {
+            let (user_ids, manga_ids): (Vec<&str>, Vec<i64>) = missing
                 .iter()
                 .map(|k| (k.user_id.as_str(), k.manga_id))
                 .unzip();
-            expected += writes.deletes.len() as u64;
-            written += sqlx::query(
-                "DELETE FROM user_progress AS r
-                  USING UNNEST($1::text[], $2::int8[], $3::int8[]) AS x(u, m, ev)
-                  WHERE r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev",
-            )
+            let rows: Vec<ProgressRow> = sqlx::query_as(concat!(
+                select_rows!(),
+                " JOIN UNNEST($1::text[], $2::int8[]) AS k(u, m) ON user_id = k.u AND manga_id = k.m"
+            ))
             .bind(&user_ids)
             .bind(&manga_ids)
-            .bind(&guards)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+            .fetch_all(&self.pool)
+            .await?;
+            loaded.extend(into_records(rows)?.into_iter().map(|p| (p.key.clone(), p)));
         }
-        if written != expected {
-            tx.rollback().await?;
-            return Ok(Committed::Conflict);
+        let writes = plan(&loaded);
+        if writes.inserts.is_empty() && writes.updates.is_empty() && writes.deletes.is_empty() {
+            self.cache.remember(loaded.into_values(), []);
+            return Ok(Committed::Yes);
         }
-        tx.commit().await?;
-        Ok(Committed::Yes)
+        let a = WriteArrays::from_writes(&writes);
+        let result = sqlx::query(WRITE_BATCH)
+            .bind(&a.user_ids)
+            .bind(&a.manga_ids)
+            .bind(&a.chapters)
+            .bind(&a.pages)
+            .bind(&a.statuses)
+            .bind(&a.versions)
+            .bind(&a.updated_at_us)
+            .bind(&a.guards)
+            .bind(&a.ops)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(_) => {
+                let deleted: Vec<ProgressKey> =
+                    writes.deletes.into_iter().map(|(k, _)| k).collect();
+                let written = writes
+                    .inserts
+                    .into_iter()
+                    .chain(writes.updates.into_iter().map(|(p, _)| p));
+                self.cache.remember(loaded.into_values().chain(written), []);
+                self.cache.forget(&deleted);
+                Ok(Committed::Yes)
+            }
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(GUARD_MISSED) => {
+                self.cache.forget(keys);
+                Ok(Committed::Conflict)
+            }
+            Err(err) => {
+                // The outcome is unknown (e.g. the connection broke): read fresh next time.
+                self.cache.forget(keys);
+                Err(err.into())
+            }
+        }
     }
 }
