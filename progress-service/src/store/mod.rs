@@ -5,6 +5,7 @@
 mod group_commit;
 pub mod hybrid;
 pub mod postgres;
+mod row_cache;
 mod rows;
 pub mod sqlite;
 

@@ -3,7 +3,6 @@
 //! row guarded by the version it was planned against (other replicas may
 //! write the same rows).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use super::group_commit::{Committed, GroupCommit, Loaded, SqlBatch, Writes};
+use super::row_cache::RowCache;
 use super::rows::{ProgressRow, into_records};
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta};
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome};
@@ -135,61 +135,6 @@ impl ProgressStore for PostgresStore {
     async fn close(&self) {
         self.writer.close().await;
         self.pool.close().await;
-    }
-}
-
-/// Rows this process wrote or read last, by key: a batch whose keys are all
-/// here needs no read. A stale entry (another replica wrote the row) makes the
-/// guarded write fail; the batch is then planned again on fresh rows.
-#[derive(Default)]
-struct RowCache {
-    rows: std::sync::Mutex<HashMap<ProgressKey, Progress>>,
-}
-
-const ROW_CACHE_MAX: usize = 200_000;
-
-impl RowCache {
-    /// Splits `keys` into cached rows and the keys that must be read.
-    fn lookup(&self, keys: &[ProgressKey]) -> (Loaded, Vec<ProgressKey>) {
-        let mut loaded = Loaded::new();
-        let mut missing = Vec::new();
-        if let Ok(rows) = self.rows.lock() {
-            for key in keys {
-                match rows.get(key) {
-                    Some(p) => drop(loaded.insert(key.clone(), p.clone())),
-                    None => missing.push(key.clone()),
-                }
-            }
-        } else {
-            missing = keys.to_vec();
-        }
-        (loaded, missing)
-    }
-
-    fn remember(
-        &self,
-        rows: impl IntoIterator<Item = Progress>,
-        deleted: impl IntoIterator<Item = ProgressKey>,
-    ) {
-        if let Ok(mut cache) = self.rows.lock() {
-            if cache.len() > ROW_CACHE_MAX {
-                cache.clear();
-            }
-            for p in rows {
-                cache.insert(p.key.clone(), p);
-            }
-            for key in deleted {
-                cache.remove(&key);
-            }
-        }
-    }
-
-    fn forget(&self, keys: &[ProgressKey]) {
-        if let Ok(mut cache) = self.rows.lock() {
-            for key in keys {
-                cache.remove(key);
-            }
-        }
     }
 }
 

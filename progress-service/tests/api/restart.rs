@@ -25,3 +25,24 @@ async fn acknowledged_records_survive_a_restart(backend: Backend) {
     }
     app.stop().await.expect("clean exit");
 }
+
+#[tokio::test]
+async fn a_second_service_on_the_same_sqlite_file_is_refused() {
+    use clap::Parser;
+    let app = spawn_app(Backend::Sqlite).await;
+    let config = progress_service::Config::try_parse_from([
+        "progress-service",
+        "--listen",
+        "127.0.0.1:0",
+        "--database-url",
+        &app.database_url,
+    ])
+    .expect("config");
+    let Err(err) = progress_service::Application::build(config).await else {
+        panic!("a second writer was allowed on the same file");
+    };
+    assert!(
+        format!("{err:#}").contains("in use by another progress service"),
+        "{err:#}"
+    );
+}

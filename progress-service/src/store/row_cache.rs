@@ -1,0 +1,63 @@
+//! The rows the group-commit writer wrote or read last, by key: a batch
+//! whose keys are all here needs no read before it writes.
+//!
+//! Postgres: a stale entry (another replica wrote the row) makes the guarded
+//! write fail, and the batch is planned again on fresh rows. SQLite: the file
+//! is locked to one service process, so entries cannot go stale.
+
+use std::collections::HashMap;
+
+use super::group_commit::Loaded;
+use crate::domain::{Progress, ProgressKey};
+
+#[derive(Default)]
+pub(crate) struct RowCache {
+    rows: std::sync::Mutex<HashMap<ProgressKey, Progress>>,
+}
+
+const ROW_CACHE_MAX: usize = 200_000;
+
+impl RowCache {
+    /// Splits `keys` into cached rows and the keys that must be read.
+    pub fn lookup(&self, keys: &[ProgressKey]) -> (Loaded, Vec<ProgressKey>) {
+        let mut loaded = Loaded::new();
+        let mut missing = Vec::new();
+        if let Ok(rows) = self.rows.lock() {
+            for key in keys {
+                match rows.get(key) {
+                    Some(p) => drop(loaded.insert(key.clone(), p.clone())),
+                    None => missing.push(key.clone()),
+                }
+            }
+        } else {
+            missing = keys.to_vec();
+        }
+        (loaded, missing)
+    }
+
+    pub fn remember(
+        &self,
+        rows: impl IntoIterator<Item = Progress>,
+        deleted: impl IntoIterator<Item = ProgressKey>,
+    ) {
+        if let Ok(mut cache) = self.rows.lock() {
+            if cache.len() > ROW_CACHE_MAX {
+                cache.clear();
+            }
+            for p in rows {
+                cache.insert(p.key.clone(), p);
+            }
+            for key in deleted {
+                cache.remove(&key);
+            }
+        }
+    }
+
+    pub fn forget(&self, keys: &[ProgressKey]) {
+        if let Ok(mut cache) = self.rows.lock() {
+            for key in keys {
+                cache.remove(key);
+            }
+        }
+    }
+}
