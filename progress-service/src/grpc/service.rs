@@ -51,7 +51,7 @@ impl ProgressService for ProgressApi {
             origin: req.origin,
             private: req.private,
         };
-        let out = self.store.update(cmd, meta).await?;
+        let out = timed("update", self.store.update(cmd, meta)).await?;
         metrics::counter!("progress_updates_total", "applied" => if out.applied { "true" } else { "false" })
             .increment(1);
         Ok(Response::new(pb::UpdateProgressResponse {
@@ -66,7 +66,7 @@ impl ProgressService for ProgressApi {
     ) -> Result<Response<pb::Progress>, Status> {
         let req = request.into_inner();
         let key = ProgressKey::new(req.user_id, req.manga_id)?;
-        match self.store.get(&key).await? {
+        match timed("get", self.store.get(&key)).await? {
             Some(p) => Ok(Response::new(convert::progress(&p))),
             None => Err(not_found(&key)),
         }
@@ -102,7 +102,7 @@ impl ProgressService for ProgressApi {
             after,
             limit: page_size + 1,
         };
-        let mut items = self.store.list(&query).await?;
+        let mut items = timed("list", self.store.list(&query)).await?;
         let next_page_token = if items.len() > page_size as usize {
             items.truncate(page_size as usize);
             items
@@ -128,7 +128,7 @@ impl ProgressService for ProgressApi {
             origin: req.origin,
             private: false,
         };
-        if self.store.delete(key.clone(), meta).await? {
+        if timed("delete", self.store.delete(key.clone(), meta)).await? {
             Ok(Response::new(pb::DeleteProgressResponse {}))
         } else {
             Err(not_found(&key))
@@ -151,6 +151,15 @@ impl ProgressService for ProgressApi {
         tokio::spawn(forward_events(events, filter, tx, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// Records how long a store call took (`progress_store_seconds{op}`), errors included.
+async fn timed<T>(op: &'static str, call: impl std::future::Future<Output = T>) -> T {
+    let started = std::time::Instant::now();
+    let result = call.await;
+    metrics::histogram!("progress_store_seconds", "op" => op)
+        .record(started.elapsed().as_secs_f64());
+    result
 }
 
 fn not_found(key: &ProgressKey) -> Status {
