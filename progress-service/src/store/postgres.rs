@@ -250,7 +250,7 @@ impl SqlBatch for PgBatch {
         }
         let writes = plan(&loaded);
         if writes.inserts.is_empty() && writes.updates.is_empty() && writes.deletes.is_empty() {
-            self.cache.remember(loaded.into_values(), []);
+            self.cache.remember(loaded.into_values());
             return Ok(Committed::Yes);
         }
         let a = WriteArrays::from_writes(&writes);
@@ -268,14 +268,7 @@ impl SqlBatch for PgBatch {
             .await;
         match result {
             Ok(_) => {
-                let deleted: Vec<ProgressKey> =
-                    writes.deletes.into_iter().map(|(k, _)| k).collect();
-                let written = writes
-                    .inserts
-                    .into_iter()
-                    .chain(writes.updates.into_iter().map(|(p, _)| p));
-                self.cache.remember(loaded.into_values().chain(written), []);
-                self.cache.forget(&deleted);
+                self.cache.committed(loaded, writes);
                 Ok(Committed::Yes)
             }
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(GUARD_MISSED) => {

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 
-use super::group_commit::Loaded;
+use super::group_commit::{Loaded, Writes};
 use crate::domain::{Progress, ProgressKey};
 
 #[derive(Default)]
@@ -35,11 +35,8 @@ impl RowCache {
         (loaded, missing)
     }
 
-    pub fn remember(
-        &self,
-        rows: impl IntoIterator<Item = Progress>,
-        deleted: impl IntoIterator<Item = ProgressKey>,
-    ) {
+    /// Keeps `rows` as the current state of their keys.
+    pub fn remember(&self, rows: impl IntoIterator<Item = Progress>) {
         if let Ok(mut cache) = self.rows.lock() {
             if cache.len() > ROW_CACHE_MAX {
                 cache.clear();
@@ -47,10 +44,18 @@ impl RowCache {
             for p in rows {
                 cache.insert(p.key.clone(), p);
             }
-            for key in deleted {
-                cache.remove(&key);
-            }
         }
+    }
+
+    /// After a batch committed: the rows it read, overlaid by what it wrote.
+    pub fn committed(&self, loaded: Loaded, writes: Writes) {
+        let written = writes
+            .inserts
+            .into_iter()
+            .chain(writes.updates.into_iter().map(|(p, _)| p));
+        self.remember(loaded.into_values().chain(written));
+        let deleted: Vec<ProgressKey> = writes.deletes.into_iter().map(|(k, _)| k).collect();
+        self.forget(&deleted);
     }
 
     pub fn forget(&self, keys: &[ProgressKey]) {

@@ -237,13 +237,7 @@ impl SqlBatch for SqliteBatch {
             self.cache.forget(keys);
             return Err(err);
         }
-        let deleted: Vec<ProgressKey> = writes.deletes.into_iter().map(|(k, _)| k).collect();
-        let written = writes
-            .inserts
-            .into_iter()
-            .chain(writes.updates.into_iter().map(|(p, _)| p));
-        self.cache.remember(loaded.into_values().chain(written), []);
-        self.cache.forget(&deleted);
+        self.cache.committed(loaded, writes);
         Ok(Committed::Yes)
     }
 }
