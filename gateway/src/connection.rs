@@ -1,6 +1,7 @@
 //! One client connection: authentication within `AUTH_TIMEOUT`, then an
-//! in-order request loop with per-connection and per-user rate limits and an
-//! idle timeout. Replies and pushed events share the connection's outbound
+//! in-order request loop with per-connection and per-user rate limits. The
+//! idle timeout is enforced by one sweeper for all connections (`sweep_idle`),
+//! not by a timer per connection. Replies and pushed events share the connection's outbound
 //! queue, drained by its writer task.
 //!
 //! The task's future stays small while idle (request handling is boxed), so
@@ -14,12 +15,11 @@ use std::time::Duration;
 use governor::Quota;
 use serde_json::value::RawValue;
 use tokio::io::AsyncWrite;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, Identity};
-use crate::fanout::{Conn, Limiter, Outbound, outbound};
+use crate::fanout::{Conn, Flushers, Limiter, Outbound};
 use crate::handlers::{self, Backend, Reply, Session};
 use crate::protocol::{ErrorCode, ErrorReply, Request, ServerMessage, SystemCode, parse_line};
 use lines::{Frame, LineReader, ReadSource};
@@ -35,6 +35,7 @@ pub struct Shared {
     pub max_message_bytes: usize,
     pub outbound_queue_bytes: usize,
     pub conn_quota: Quota,
+    pub flushers: Arc<Flushers>,
 }
 
 const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly";
@@ -52,10 +53,13 @@ pub async fn serve<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     metrics::gauge!("gateway_connections").increment(1.0);
-    let out = Outbound::new(id, shared.outbound_queue_bytes, stop);
-    shared
-        .tasks
-        .spawn(outbound::write_loop(out.clone(), writer));
+    let out = Outbound::new(
+        id,
+        shared.outbound_queue_bytes,
+        stop,
+        Box::pin(writer),
+        shared.flushers.clone(),
+    );
     let mut lines = LineReader::new(reader, shared.max_message_bytes);
 
     if let Some((identity, auth_id)) = Box::pin(authenticate(&shared, &mut lines, &out)).await {
@@ -80,13 +84,13 @@ pub async fn serve<R, W>(
         request_loop(&shared, &mut lines, &mut session, &user_limiter).await;
         registry.leave(&session.identity.user_id, id, &session.subscriptions);
     }
-    out.close();
+    out.finish().await;
     metrics::gauge!("gateway_connections").decrement(1.0);
 }
 
 fn send(out: &Conn, reply: &Reply) {
     metrics::counter!("gateway_messages_out_total", "type" => reply.kind).increment(1);
-    out.push(reply.line.clone());
+    out.reply(reply.line.clone());
 }
 
 fn send_shutdown(out: &Conn) {
@@ -171,19 +175,13 @@ async fn request_loop<R: ReadSource>(
     let out = session.conn.clone();
     let stop = out.stop_token().clone();
     let conn_limiter = Limiter::direct(shared.conn_quota);
-    let idle = tokio::time::sleep(shared.idle_timeout);
-    tokio::pin!(idle);
     loop {
         let frame = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            () = &mut idle => {
-                tracing::debug!("idle timeout");
-                return;
-            }
             frame = lines.next() => frame,
         };
-        idle.as_mut().reset(Instant::now() + shared.idle_timeout);
+        out.touch();
         let (id, request) = match frame {
             Err(_) | Ok(Frame::Eof) => return,
             Ok(Frame::TooLarge) => (None, Err(crate::protocol::ParseError::too_large())),
@@ -229,5 +227,27 @@ async fn request_loop<R: ReadSource>(
     }
     if !out.is_kicked() {
         send_shutdown(&out);
+    }
+}
+
+/// Closes authenticated connections that sent nothing for `IDLE_TIMEOUT`.
+/// One pass over the registry every eighth of the timeout (10 ms to 5 s), so
+/// a connection closes between one timeout and 1.125 timeouts after its last line.
+pub async fn sweep_idle(shared: Arc<Shared>, stop: CancellationToken) {
+    let every = (shared.idle_timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(5));
+    let limit = u64::try_from(shared.idle_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let now = crate::fanout::outbound::clock_ms();
+        shared.backend.fanout.registry.for_each_connection(|conn| {
+            if conn.idle_ms(now) >= limit {
+                conn.expire();
+            }
+        });
     }
 }

@@ -4,6 +4,7 @@
 //! Nothing here awaits: a recipient that cannot keep up is dropped, never
 //! waited for.
 
+pub mod flusher;
 pub mod outbound;
 pub mod registry;
 pub mod watch;
@@ -14,7 +15,8 @@ use std::time::Instant;
 use bytes::Bytes;
 use mangahub_proto::v1 as pb;
 
-pub use outbound::Outbound;
+pub use flusher::Flushers;
+pub use outbound::{BoxWriter, Outbound};
 pub use registry::{Conn, Limiter, Registry};
 
 use crate::protocol::{MangaRef, Record, ServerMessage, SystemCode};

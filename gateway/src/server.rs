@@ -22,9 +22,9 @@ use crate::auth::Authenticator;
 use crate::backend;
 use crate::config::Config;
 use crate::connection::{self, Shared};
-use crate::fanout::Fanout;
 use crate::fanout::registry::{Registry, quota};
 use crate::fanout::watch::{self as event_stream, WatchSettings};
+use crate::fanout::{Fanout, Flushers};
 use crate::handlers::Backend;
 
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -83,6 +83,7 @@ impl Gateway {
             max_message_bytes: config.max_message_bytes(),
             outbound_queue_bytes: config.outbound_queue_bytes(),
             conn_quota: quota(config.rate_limit_per_sec, config.rate_limit_burst),
+            flushers: Flushers::per_core(),
         });
         let (ready_tx, ready_rx) = watch::channel(false);
         let admin = match config.metrics_listen {
@@ -155,6 +156,8 @@ impl Gateway {
                 stop.clone().cancelled_owned(),
             ));
         }
+        let flush_tasks = shared.flushers.spawn();
+        tokio::spawn(connection::sweep_idle(shared.clone(), stop.clone()));
         let stream_task = tokio::spawn(event_stream::run(
             shared.backend.fanout.clone(),
             shared.backend.client.clone(),
@@ -216,6 +219,9 @@ impl Gateway {
             tracing::warn!("connections still open after the drain period");
         }
         let _ = stream_task.await;
+        for task in flush_tasks {
+            task.abort();
+        }
         tracing::info!("gateway stopped");
         Ok(())
     }

@@ -11,7 +11,8 @@ use std::io;
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-const FIRST_READ: usize = 4096;
+/// Small: most lines are short, and a long line grows the buffer by doubling.
+const FIRST_READ: usize = 1024;
 const MAX_READ: usize = 64 * 1024;
 
 /// The read half of a transport.

@@ -1,33 +1,50 @@
 //! One connection's outbound side: a queue bounded in bytes that never makes
-//! the producer wait, and the single writer task that drains it with as few
-//! `write` calls as it can (vectored writes of everything queued).
+//! the producer wait, and the connection's write half kept beside it.
+//!
+//! There is no writer task per connection. Whoever queues output makes sure
+//! it gets written: the connection's own task writes its replies at once
+//! (`flush`), fan-out events are written by the flusher of the connection's
+//! shard (see `flusher`), which writes everything queued per connection in
+//! one vectored write. Only when the socket is full does a short-lived drain
+//! task take the write half and wait for the socket to become writable; it
+//! hands the write half back once the queue is empty. So a connection writes
+//! at most once at a time, in queue order, and an idle connection holds no
+//! writer task at all.
 //!
 //! A producer that finds the queue full marks the connection a slow consumer:
 //! what is still queued is dropped, `SLOW_CONSUMER` is queued instead, and the
-//! connection is told to stop. The writer gets a short grace to deliver it.
+//! connection is told to stop. `finish` gives it a short grace to deliver it.
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::flusher::Flushers;
 use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
 
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// Slices handed to one vectored write.
+const MAX_SLICES: usize = 64;
+
+pub type BoxWriter = Pin<Box<dyn AsyncWrite + Send>>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
     Open,
     /// Flush what is queued, then close.
     Closing,
-    /// Dropped: slow consumer or a failed write.
+    /// Dropped: slow consumer, a failed write, or idle too long.
     Kicked,
 }
 
@@ -36,6 +53,10 @@ struct State {
     /// Queued plus being written.
     bytes: usize,
     mode: Mode,
+    /// The write half; `None` while someone is writing with it.
+    writer: Option<BoxWriter>,
+    /// Waiting in a flusher's list.
+    scheduled: bool,
 }
 
 /// The handle producers hold for one connection.
@@ -45,13 +66,38 @@ pub struct Outbound {
     /// Cancelled at server shutdown (parent) or when this connection is kicked.
     stop: CancellationToken,
     state: Mutex<State>,
-    wake: Notify,
+    /// Signalled when the write half is handed back.
+    returned: Notify,
+    flushers: Arc<Flushers>,
     /// The last fan-out event delivered here, so each event arrives at most once.
     last_event: AtomicU64,
+    /// When the client last sent a line (`clock_ms`), for the idle sweeper.
+    last_seen: AtomicU64,
+}
+
+/// Milliseconds on the gateway's clock (Tokio's, so paused time applies).
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let elapsed = EPOCH.get_or_init(Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How far a write without waiting got.
+enum Progress {
+    Done,
+    /// The socket is full; the rest needs a wait.
+    Blocked,
+    Failed,
 }
 
 impl Outbound {
-    pub fn new(id: u64, capacity: usize, stop: CancellationToken) -> Arc<Self> {
+    pub fn new(
+        id: u64,
+        capacity: usize,
+        stop: CancellationToken,
+        writer: BoxWriter,
+        flushers: Arc<Flushers>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id,
             capacity,
@@ -60,9 +106,13 @@ impl Outbound {
                 queue: VecDeque::new(),
                 bytes: 0,
                 mode: Mode::Open,
+                writer: Some(writer),
+                scheduled: false,
             }),
-            wake: Notify::new(),
+            returned: Notify::new(),
+            flushers,
             last_event: AtomicU64::new(0),
+            last_seen: AtomicU64::new(clock_ms()),
         })
     }
 
@@ -86,17 +136,25 @@ impl Outbound {
         self.last_event.swap(event, Ordering::Relaxed) != event
     }
 
-    /// Queues one line without waiting; false when it was not queued.
-    pub fn push(&self, line: Bytes) -> bool {
-        self.push_inner(line, true)
+    /// Queues one line for this connection's flusher, without waiting; false
+    /// when it was not queued.
+    pub fn push(self: &Arc<Self>, line: Bytes) -> bool {
+        self.push_inner(line, true, true)
     }
 
     /// Queues a small control line (e.g. `system`) even past the byte limit.
-    pub fn push_control(&self, line: Bytes) -> bool {
-        self.push_inner(line, false)
+    pub fn push_control(self: &Arc<Self>, line: Bytes) -> bool {
+        self.push_inner(line, false, true)
     }
 
-    fn push_inner(&self, line: Bytes, bounded: bool) -> bool {
+    /// Queues a reply and writes it right away: for the connection's own task.
+    pub fn reply(self: &Arc<Self>, line: Bytes) -> bool {
+        let queued = self.push_inner(line, true, false);
+        self.flush();
+        queued
+    }
+
+    fn push_inner(self: &Arc<Self>, line: Bytes, bounded: bool, via_flusher: bool) -> bool {
         if line.is_empty() {
             return true;
         }
@@ -117,25 +175,34 @@ impl Outbound {
             drop(state);
             metrics::counter!("gateway_slow_consumer_disconnects_total").increment(1);
             tracing::info!(conn_id = self.id, "slow consumer disconnected");
-            self.wake.notify_one();
             self.stop.cancel();
             return false;
         }
         state.bytes += line.len();
         state.queue.push_back(line);
+        let schedule = via_flusher && !state.scheduled && state.writer.is_some();
+        state.scheduled |= schedule;
         drop(state);
-        self.wake.notify_one();
+        if schedule {
+            self.flushers.schedule(self);
+        }
         true
     }
 
-    /// Flush what is queued, then close the connection.
-    pub fn close(&self) {
-        let mut state = self.lock();
-        if state.mode == Mode::Open {
-            state.mode = Mode::Closing;
-        }
-        drop(state);
-        self.wake.notify_one();
+    /// The client sent something.
+    pub fn touch(&self) {
+        self.last_seen.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Milliseconds since the client last sent something.
+    pub fn idle_ms(&self, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.last_seen.load(Ordering::Relaxed))
+    }
+
+    /// Closes the connection without a message (idle timeout).
+    pub fn expire(&self) {
+        tracing::debug!(conn_id = self.id, "idle timeout");
+        self.kick();
     }
 
     /// True when the connection was dropped (slow consumer or write failure).
@@ -151,77 +218,160 @@ impl Outbound {
         self.stop.cancel();
     }
 
-    /// Next batch to write; `Err` when the writer should finish.
-    fn take(&self) -> Result<Option<Batch>, ()> {
-        let mut state = self.lock();
-        if !state.queue.is_empty() {
-            let items = std::mem::take(&mut state.queue);
-            let remaining = items.iter().map(Bytes::len).sum();
-            return Ok(Some(Batch { items, remaining }));
-        }
-        match state.mode {
-            Mode::Open => Ok(None),
-            Mode::Closing | Mode::Kicked => Err(()),
+    /// Writes what is queued now, as far as the socket takes it without
+    /// waiting; a full socket hands the rest to a drain task. Does nothing
+    /// while someone else holds the write half (they write the queue too).
+    pub fn flush(self: &Arc<Self>) {
+        let (mut writer, mut batch) = {
+            let mut state = self.lock();
+            state.scheduled = false;
+            if state.mode != Mode::Open || state.queue.is_empty() {
+                return;
+            }
+            let Some(writer) = state.writer.take() else {
+                return;
+            };
+            (writer, Batch::new(std::mem::take(&mut state.queue)))
+        };
+        loop {
+            match write_now(&mut writer, &mut batch) {
+                Progress::Done => {}
+                Progress::Blocked => {
+                    tokio::spawn(drain(self.clone(), writer, batch));
+                    return;
+                }
+                Progress::Failed => {
+                    self.kick();
+                    return;
+                }
+            }
+            let mut state = self.lock();
+            state.bytes = state.bytes.saturating_sub(batch.total);
+            if state.mode != Mode::Open || state.queue.is_empty() {
+                state.writer = Some(writer);
+                drop(state);
+                self.returned.notify_one();
+                return;
+            }
+            batch = Batch::new(std::mem::take(&mut state.queue));
         }
     }
 
-    fn written(&self, bytes: usize) {
-        let mut state = self.lock();
-        state.bytes = state.bytes.saturating_sub(bytes);
+    /// Takes the write half once whoever holds it hands it back.
+    async fn take_writer(&self) -> BoxWriter {
+        loop {
+            let returned = self.returned.notified();
+            tokio::pin!(returned);
+            returned.as_mut().enable();
+            if let Some(writer) = self.lock().writer.take() {
+                return writer;
+            }
+            returned.await;
+        }
     }
 
-    fn mode(&self) -> Mode {
-        self.lock().mode
+    /// Stops accepting output, writes what is queued (within a grace period)
+    /// and closes the write side. The connection's own task calls this last.
+    pub async fn finish(&self) {
+        {
+            let mut state = self.lock();
+            if state.mode == Mode::Open {
+                state.mode = Mode::Closing;
+            }
+        }
+        let Ok(mut writer) = tokio::time::timeout(CLOSE_GRACE, self.take_writer()).await else {
+            return;
+        };
+        let mut batch = Batch::new(std::mem::take(&mut self.lock().queue));
+        let _ = tokio::time::timeout(CLOSE_GRACE, async {
+            writer.write_all_buf(&mut batch).await?;
+            writer.flush().await?;
+            writer.shutdown().await
+        })
+        .await;
     }
 }
 
-/// The writer task of one connection.
-pub async fn write_loop<W: AsyncWrite + Unpin>(out: Arc<Outbound>, mut writer: W) {
+/// Writes `batch` without waiting: stops at the first write the socket would block on.
+fn write_now(writer: &mut BoxWriter, batch: &mut Batch) -> Progress {
+    let mut cx = Context::from_waker(Waker::noop());
+    while batch.has_remaining() {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = batch.chunks_vectored(&mut slices);
+        match writer.as_mut().poll_write_vectored(&mut cx, &slices[..n]) {
+            Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Progress::Failed,
+            Poll::Ready(Ok(written)) => batch.advance(written),
+            Poll::Pending => return Progress::Blocked,
+        }
+    }
+    match writer.as_mut().poll_flush(&mut cx) {
+        Poll::Ready(Ok(())) => Progress::Done,
+        Poll::Ready(Err(_)) => Progress::Failed,
+        Poll::Pending => Progress::Blocked,
+    }
+}
+
+/// Waits for a full socket: writes `batch` and whatever gets queued
+/// meanwhile, then hands the write half back. Stops early when the
+/// connection stops; `finish` then writes what is left.
+async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
     loop {
-        let mut batch = match out.take() {
-            Ok(Some(batch)) => batch,
-            Ok(None) => {
-                out.wake.notified().await;
-                continue;
-            }
-            Err(()) => break,
-        };
-        let bytes = batch.remaining;
-        let written = {
-            let write = writer.write_all_buf(&mut batch);
-            tokio::pin!(write);
-            if out.mode() != Mode::Open {
-                matches!(
-                    tokio::time::timeout(CLOSE_GRACE, &mut write).await,
-                    Ok(Ok(()))
-                )
-            } else {
-                loop {
-                    tokio::select! {
-                        biased;
-                        result = &mut write => break result.is_ok(),
-                        () = out.wake.notified() => {
-                            if out.mode() != Mode::Open {
-                                break matches!(tokio::time::timeout(CLOSE_GRACE, &mut write).await, Ok(Ok(())));
-                            }
-                        }
+        let written = tokio::select! {
+            biased;
+            () = out.stop.cancelled() => {
+                let mut state = out.lock();
+                state.bytes = state.bytes.saturating_sub(batch.total);
+                if state.mode != Mode::Kicked {
+                    for item in batch.items.into_iter().rev() {
+                        state.bytes += item.len();
+                        state.queue.push_front(item);
                     }
                 }
+                state.writer = Some(writer);
+                drop(state);
+                out.returned.notify_one();
+                return;
             }
+            result = async {
+                writer.write_all_buf(&mut batch).await?;
+                writer.flush().await
+            } => result.is_ok(),
         };
         if !written {
             out.kick();
-            break;
+            out.lock().writer = Some(writer);
+            out.returned.notify_one();
+            return;
         }
-        out.written(bytes);
+        let mut state = out.lock();
+        state.bytes = state.bytes.saturating_sub(batch.total);
+        if state.mode != Mode::Open || state.queue.is_empty() {
+            state.writer = Some(writer);
+            drop(state);
+            out.returned.notify_one();
+            return;
+        }
+        batch = Batch::new(std::mem::take(&mut state.queue));
     }
-    let _ = tokio::time::timeout(CLOSE_GRACE, writer.shutdown()).await;
 }
 
 /// Everything queued at one moment, written with vectored writes.
 struct Batch {
     items: VecDeque<Bytes>,
+    /// Bytes of the batch when taken (for the queue's byte count).
+    total: usize,
     remaining: usize,
+}
+
+impl Batch {
+    fn new(items: VecDeque<Bytes>) -> Self {
+        let total = items.iter().map(Bytes::len).sum();
+        Self {
+            items,
+            total,
+            remaining: total,
+        }
+    }
 }
 
 impl Buf for Batch {
