@@ -121,7 +121,7 @@ impl Gateway {
     }
 
     /// `/readyz`: ready while the event stream to the progress service is up.
-    pub fn ready_check(&self) -> mangahub_admin::ReadyCheck {
+    pub fn ready_check(&self) -> mangahub_ops::ReadyCheck {
         let readiness = self.readiness();
         Arc::new(move || {
             let ready = readiness.is_ready();
@@ -150,7 +150,7 @@ impl Gateway {
         } = self;
         let stop = CancellationToken::new();
         if let Some(admin) = admin {
-            tokio::spawn(mangahub_admin::serve(
+            tokio::spawn(mangahub_ops::serve(
                 admin,
                 ready_check,
                 stop.clone().cancelled_owned(),
@@ -320,24 +320,4 @@ fn tls_acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
+pub use mangahub_ops::shutdown_signal;

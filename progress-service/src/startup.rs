@@ -122,11 +122,11 @@ impl Application {
         let stop_serving = CancellationToken::new();
         if let Some(admin) = admin {
             let store = store.clone();
-            let ready: mangahub_admin::ReadyCheck = Arc::new(move || {
+            let ready: mangahub_ops::ReadyCheck = Arc::new(move || {
                 let store = store.clone();
                 Box::pin(async move { store.ping().await.map_err(|e| e.to_string()) })
             });
-            tokio::spawn(mangahub_admin::serve(
+            tokio::spawn(mangahub_ops::serve(
                 admin,
                 ready,
                 stop_serving.clone().cancelled_owned(),
@@ -172,24 +172,4 @@ impl Application {
     }
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {}
-        () = terminate => {}
-    }
-}
+pub use mangahub_ops::shutdown_signal;
