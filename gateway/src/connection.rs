@@ -84,7 +84,8 @@ pub async fn serve<R, W>(
         request_loop(&shared, &mut lines, &mut session, &user_limiter).await;
         registry.leave(&session.identity.user_id, id, &session.subscriptions);
     }
-    out.finish().await;
+    // Boxed: its timers must not size every idle connection's task.
+    Box::pin(out.finish()).await;
     metrics::gauge!("gateway_connections").decrement(1.0);
 }
 
@@ -216,7 +217,7 @@ async fn request_loop<R: ReadSource>(
                     return;
                 }
                 send_shutdown(&out);
-                match tokio::time::timeout(shared.shutdown_drain, handling).await {
+                match Box::pin(tokio::time::timeout(shared.shutdown_drain, handling)).await {
                     Ok(reply) => send(&out, &reply),
                     Err(_) => tracing::warn!("in-flight request cut off by the shutdown drain"),
                 }
