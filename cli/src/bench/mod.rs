@@ -2,7 +2,6 @@
 
 mod grpc;
 mod idle;
-mod report;
 mod stats;
 mod tcp;
 mod tcp_updates;
