@@ -9,6 +9,7 @@
 
 pub mod lines;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use serde_json::value::RawValue;
 use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::auth::{Authenticator, Identity};
 use crate::fanout::{Conn, Flushers, Limiter, Outbound};
@@ -41,8 +43,24 @@ pub struct Shared {
 const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly";
 
 /// Serves one connection until it closes, is dropped, or the server stops.
-#[tracing::instrument(name = "connection", level = "debug", skip_all, fields(conn_id = id, user_id = tracing::field::Empty))]
-pub async fn serve<R, W>(
+pub fn serve<R, W>(
+    shared: Arc<Shared>,
+    reader: R,
+    writer: W,
+    id: u64,
+    stop: CancellationToken,
+) -> impl Future<Output = ()> + Send
+where
+    R: ReadSource,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    // Attached here rather than with `#[instrument]`, which would keep the
+    // connection's future twice in its task (and every idle connection pays).
+    let span = tracing::debug_span!("connection", conn_id = id, user_id = tracing::field::Empty);
+    serve_in_span(shared, reader, writer, id, stop).instrument(span)
+}
+
+async fn serve_in_span<R, W>(
     shared: Arc<Shared>,
     reader: R,
     writer: W,

@@ -15,8 +15,9 @@ use tokio::task::JoinHandle;
 
 use super::registry::Conn;
 
-/// Connections a flusher writes before letting other tasks of its worker run.
-const PASS_SLICE: usize = 128;
+/// Connections a flusher writes before letting other tasks of its worker run:
+/// one write costs ~10 us on loopback, so requests wait at most ~0.2 ms.
+const PASS_SLICE: usize = 16;
 
 pub struct Flushers {
     shards: Box<[Shard]>,
