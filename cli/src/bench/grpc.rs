@@ -11,6 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::report;
 use super::stats::Samples;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -45,6 +46,12 @@ pub struct GrpcArgs {
     /// Worker threads of the service started here.
     #[arg(long, default_value_t = 2)]
     pub server_threads: usize,
+    /// Also write the table as CSV here.
+    #[arg(long)]
+    pub csv: Option<std::path::PathBuf>,
+    /// Also draw the latency CDF of every row as SVG here.
+    #[arg(long)]
+    pub chart: Option<std::path::PathBuf>,
 }
 
 /// What each caller sends.
@@ -120,17 +127,46 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
     );
     println!("| target | acked updates/s | p50 ms | p99 ms | max ms | errors |");
     println!("|---|---|---|---|---|---|");
+    let mut csv_rows = Vec::new();
+    let mut cdfs = Vec::new();
     for mut row in rows {
         let rate = row.acked as f64 / row.elapsed.as_secs_f64();
-        println!(
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {} |",
-            row.target,
-            rate,
+        let (p50, p99, max) = (
             row.samples.quantile_ms(0.5),
             row.samples.quantile_ms(0.99),
             row.samples.quantile_ms(1.0),
-            row.errors
         );
+        println!(
+            "| {} | {rate:.0} | {p50:.2} | {p99:.2} | {max:.2} | {} |",
+            row.target, row.errors
+        );
+        csv_rows.push(vec![
+            row.target.clone(),
+            format!("{rate:.0}"),
+            format!("{p50:.3}"),
+            format!("{p99:.3}"),
+            format!("{max:.3}"),
+            row.errors.to_string(),
+        ]);
+        cdfs.push((row.target, row.samples.cdf_ms(400)));
+    }
+    if let Some(path) = &args.csv {
+        let header = [
+            "target",
+            "acked_per_s",
+            "p50_ms",
+            "p99_ms",
+            "max_ms",
+            "errors",
+        ];
+        report::write_csv(path, &header, &csv_rows)?;
+    }
+    if let Some(path) = &args.chart {
+        let title = format!(
+            "UpdateProgress latency, {} concurrent callers",
+            args.concurrency
+        );
+        report::latency_cdf_svg(path, &title, &cdfs)?;
     }
     Ok(())
 }
@@ -161,6 +197,7 @@ async fn measure(target: String, addr: String, args: &GrpcArgs, op: Op) -> anyho
             ))
         })
         .collect();
+    let bar = report::timed_bar(&target, args.warmup + args.duration);
     let mut samples = Samples::default();
     let mut errors = 0;
     for caller in callers {
@@ -168,6 +205,7 @@ async fn measure(target: String, addr: String, args: &GrpcArgs, op: Op) -> anyho
         samples.merge(s);
         errors += e;
     }
+    bar.finish_and_clear();
     Ok(Row {
         target,
         acked: samples.len(),

@@ -2,6 +2,7 @@
 
 mod grpc;
 mod idle;
+mod report;
 mod stats;
 mod tcp;
 mod tcp_updates;

@@ -30,4 +30,25 @@ impl Samples {
         let idx = ((self.micros.len() - 1) as f64 * q).round() as usize;
         f64::from(self.micros[idx]) / 1000.0
     }
+
+    /// Up to `points` (latency ms, fraction of samples at or below it) pairs.
+    pub fn cdf_ms(&mut self, points: usize) -> Vec<(f64, f64)> {
+        if self.micros.is_empty() || points == 0 {
+            return Vec::new();
+        }
+        self.micros.sort_unstable();
+        let n = self.micros.len();
+        let step = (n / points).max(1);
+        let mut cdf: Vec<(f64, f64)> = (0..n)
+            .step_by(step)
+            .map(|i| {
+                (
+                    f64::from(self.micros[i]) / 1000.0,
+                    (i + 1) as f64 / n as f64,
+                )
+            })
+            .collect();
+        cdf.push((f64::from(self.micros[n - 1]) / 1000.0, 1.0));
+        cdf
+    }
 }

@@ -1,0 +1,77 @@
+//! Bench output beside the printed table: a progress bar on long runs, CSV
+//! rows, and an SVG latency CDF chart for the README.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use indicatif::{ProgressBar, ProgressStyle};
+use plotters::prelude::*;
+
+/// A bar that fills over `duration`; drawn only when stderr is a terminal.
+pub fn timed_bar(label: &str, duration: Duration) -> ProgressBar {
+    let bar = ProgressBar::new(duration.as_millis().try_into().unwrap_or(u64::MAX));
+    if let Ok(style) = ProgressStyle::with_template("{msg:>24} [{bar:40}] {elapsed}/{duration}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(label.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Writes a header and rows as CSV (fields must not contain commas).
+pub fn write_csv(path: &Path, header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
+    let mut text = header.join(",");
+    text.push('\n');
+    for row in rows {
+        text += &row.join(",");
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+/// One line per series: latency (ms, log scale) against the fraction of requests.
+pub fn latency_cdf_svg(
+    path: &Path,
+    title: &str,
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let latencies = || {
+        series
+            .iter()
+            .flat_map(|(_, points)| points.iter().map(|p| p.0))
+    };
+    let max_ms = latencies().fold(1.0_f64, f64::max);
+    let min_ms = latencies().fold(max_ms, f64::min).max(0.01);
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d((min_ms / 2.0..max_ms * 1.2).log_scale(), 0.0_f64..1.0)?;
+    chart
+        .configure_mesh()
+        .x_desc("latency (ms, log scale)")
+        .y_desc("fraction of requests")
+        .draw()?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = Palette99::pick(i).to_rgba();
+        chart
+            .draw_series(LineSeries::new(
+                points.iter().copied(),
+                color.stroke_width(2),
+            ))?
+            .label(name.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::LowerRight)
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
