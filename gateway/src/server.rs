@@ -49,6 +49,7 @@ pub struct Gateway {
     listener: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
+    watch_client: backend::Client,
     tls: Option<TlsAcceptor>,
     max_connections: usize,
     watch_settings: WatchSettings,
@@ -66,6 +67,9 @@ impl Gateway {
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         let client = backend::client(&config)?;
+        // The event stream gets its own HTTP/2 connection, so its traffic
+        // never shares a connection with request/response calls.
+        let watch_client = backend::client(&config)?;
         let (user_rate, user_burst) = config.user_rate();
         let fanout = Arc::new(Fanout::new(Registry::new(quota(user_rate, user_burst))));
         let shared = Arc::new(Shared {
@@ -96,6 +100,7 @@ impl Gateway {
             listener,
             admin,
             shared,
+            watch_client,
             tls,
             max_connections: config.max_connections(),
             watch_settings: WatchSettings {
@@ -142,6 +147,7 @@ impl Gateway {
             listener,
             admin,
             shared,
+            watch_client,
             tls,
             max_connections,
             watch_settings,
@@ -160,7 +166,7 @@ impl Gateway {
         tokio::spawn(connection::sweep_idle(shared.clone(), stop.clone()));
         let stream_task = tokio::spawn(event_stream::run(
             shared.backend.fanout.clone(),
-            shared.backend.client.clone(),
+            watch_client,
             watch_settings,
             ready_tx,
             stop.clone(),
