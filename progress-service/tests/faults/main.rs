@@ -82,7 +82,11 @@ impl Service {
             }
         })
         .await
-        .expect("service up");
+        .unwrap_or_else(|err| {
+            let log =
+                std::fs::read_to_string(self._logs.path().join("service.log")).unwrap_or_default();
+            panic!("service up: {err:#}\n--- service log ---\n{log}");
+        });
     }
 
     fn kill9(&mut self) {
@@ -200,6 +204,16 @@ fn lost(acked: &HashMap<i64, i64>, stored: &HashMap<i64, i64>) -> Vec<(i64, i64,
         .collect()
 }
 
+/// Entries read by a consumer and not yet acknowledged (XPENDING count).
+async fn held_entries(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
+    redis::cmd("XPENDING")
+        .arg(progress_service::store::hybrid::STREAM)
+        .arg(progress_service::store::hybrid::GROUP)
+        .query_async::<(u64, redis::Value, redis::Value, redis::Value)>(conn)
+        .await
+        .map_or(0, |(n, ..)| n)
+}
+
 async fn redis_conn(redis: &PrivateRedis) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url())
         .expect("url")
@@ -223,21 +237,28 @@ async fn kill_9_loses_no_acknowledged_update() {
     })
     .await
     .expect("load runs");
+    // Kill while the batch writer holds read-but-unacknowledged entries, so
+    // the restart must claim them back.
+    let mut conn = redis_conn(&redis).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the batch writer to hold entries",
+        || {
+            let mut conn = conn.clone();
+            async move { held_entries(&mut conn).await > 0 }
+        },
+    )
+    .await
+    .expect("entries held");
     service.kill9();
     for caller in callers {
         caller.await.expect("caller ends");
     }
-    let mut conn = redis_conn(&redis).await;
-    let (held,): (u64,) = redis::cmd("XPENDING")
-        .arg(progress_service::store::hybrid::STREAM)
-        .arg(progress_service::store::hybrid::GROUP)
-        .query_async::<(u64, redis::Value, redis::Value, redis::Value)>(&mut conn)
-        .await
-        .map(|(n, ..)| (n,))
-        .expect("XPENDING");
-    assert!(
-        held > 0,
-        "the killed writer held entries that must be claimed"
+    // Usually still > 0; when the writer acked in the instant before the kill
+    // the claim path is not exercised, but nothing below depends on it.
+    eprintln!(
+        "entries held at the kill: {}",
+        held_entries(&mut conn).await
     );
     let acked = load.acked.lock().expect("lock").clone();
     assert_eq!(acked.len(), KEYS as usize);
