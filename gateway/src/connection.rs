@@ -185,6 +185,18 @@ async fn authenticate<R: ReadSource>(
     }
 }
 
+/// What the request loop does after one line.
+enum Step {
+    Next,
+    /// The server stops: say `SHUTDOWN` (unless dropped) and close.
+    Stop,
+    /// The connection is over (EOF, read error, dropped).
+    Close,
+}
+
+/// Waits while idle in a small future; reading and handling a line happen in
+/// a boxed future that exists only while there is input, so an idle
+/// connection's task stays small.
 async fn request_loop<R: ReadSource>(
     shared: &Shared,
     lines: &mut LineReader<R>,
@@ -192,61 +204,90 @@ async fn request_loop<R: ReadSource>(
     user_limiter: &Limiter,
 ) {
     let out = session.conn.clone();
-    let stop = out.stop_token().clone();
     let conn_limiter = Limiter::direct(shared.conn_quota);
     loop {
-        let frame = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            frame = lines.next() => frame,
-        };
-        out.touch();
-        let (id, request) = match frame {
-            Err(_) | Ok(Frame::Eof) => return,
-            Ok(Frame::TooLarge) => (None, Err(crate::protocol::ParseError::too_large())),
-            Ok(Frame::Line(line)) => parse_line(&line),
-        };
-        let kind = request.as_ref().map_or("invalid", Request::kind);
-        metrics::counter!("gateway_messages_in_total", "type" => kind).increment(1);
-        if conn_limiter.check().is_err() || user_limiter.check().is_err() {
-            metrics::counter!("gateway_rate_limited_total").increment(1);
-            let reply = ErrorReply::new(ErrorCode::RateLimited, "Rate limit exceeded");
-            send(&out, &Reply::error(id.as_deref(), &reply));
-            continue;
+        if !lines.has_buffered() {
+            let readable = tokio::select! {
+                biased;
+                () = out.stop_token().cancelled() => Step::Stop,
+                ready = lines.wait_readable() => if ready.is_ok() { Step::Next } else { Step::Close },
+            };
+            match readable {
+                Step::Next => {}
+                Step::Stop => break,
+                Step::Close => return,
+            }
         }
-        let request = match request {
-            Ok(request) => request,
-            Err(err) => {
-                send(&out, &Reply::error(err.id.as_deref(), &err.reply));
-                continue;
-            }
-        };
-        let mut handling = Box::pin(handlers::handle(
-            &shared.backend,
-            session,
-            id.as_deref(),
-            request,
-        ));
-        let reply = tokio::select! {
-            biased;
-            reply = &mut handling => reply,
-            () = stop.cancelled() => {
-                if out.is_kicked() {
-                    return;
-                }
-                send_shutdown(&out);
-                match Box::pin(tokio::time::timeout(shared.shutdown_drain, handling)).await {
-                    Ok(reply) => send(&out, &reply),
-                    Err(_) => tracing::warn!("in-flight request cut off by the shutdown drain"),
-                }
-                return;
-            }
-        };
-        send(&out, &reply);
+        let limits = [&conn_limiter, user_limiter];
+        match Box::pin(next_request(shared, lines, session, limits)).await {
+            Step::Next => {}
+            Step::Stop => break,
+            Step::Close => return,
+        }
     }
     if !out.is_kicked() {
         send_shutdown(&out);
     }
+}
+
+/// Reads one line and answers it.
+async fn next_request<R: ReadSource>(
+    shared: &Shared,
+    lines: &mut LineReader<R>,
+    session: &mut Session,
+    limits: [&Limiter; 2],
+) -> Step {
+    let out = session.conn.clone();
+    let stop = out.stop_token();
+    let frame = tokio::select! {
+        biased;
+        () = stop.cancelled() => return Step::Stop,
+        frame = lines.next() => frame,
+    };
+    out.touch();
+    let (id, request) = match frame {
+        Err(_) | Ok(Frame::Eof) => return Step::Close,
+        Ok(Frame::TooLarge) => (None, Err(crate::protocol::ParseError::too_large())),
+        Ok(Frame::Line(line)) => parse_line(&line),
+    };
+    let kind = request.as_ref().map_or("invalid", Request::kind);
+    metrics::counter!("gateway_messages_in_total", "type" => kind).increment(1);
+    if limits.iter().any(|limiter| limiter.check().is_err()) {
+        metrics::counter!("gateway_rate_limited_total").increment(1);
+        let reply = ErrorReply::new(ErrorCode::RateLimited, "Rate limit exceeded");
+        send(&out, &Reply::error(id.as_deref(), &reply));
+        return Step::Next;
+    }
+    let request = match request {
+        Ok(request) => request,
+        Err(err) => {
+            send(&out, &Reply::error(err.id.as_deref(), &err.reply));
+            return Step::Next;
+        }
+    };
+    let mut handling = Box::pin(handlers::handle(
+        &shared.backend,
+        session,
+        id.as_deref(),
+        request,
+    ));
+    let reply = tokio::select! {
+        biased;
+        reply = &mut handling => reply,
+        () = stop.cancelled() => {
+            if out.is_kicked() {
+                return Step::Close;
+            }
+            send_shutdown(&out);
+            match tokio::time::timeout(shared.shutdown_drain, handling).await {
+                Ok(reply) => send(&out, &reply),
+                Err(_) => tracing::warn!("in-flight request cut off by the shutdown drain"),
+            }
+            return Step::Close;
+        }
+    };
+    send(&out, &reply);
+    Step::Next
 }
 
 /// Closes authenticated connections that sent nothing for `IDLE_TIMEOUT`.

@@ -60,6 +60,16 @@ impl<R: ReadSource> LineReader<R> {
         }
     }
 
+    /// True when bytes are buffered (a frame may be decodable without reading).
+    pub fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Resolves when the transport has bytes to read (a hint).
+    pub async fn wait_readable(&mut self) -> io::Result<()> {
+        self.inner.wait_readable().await
+    }
+
     /// The next frame. Cancel-safe: no bytes are lost when dropped mid-way.
     pub async fn next(&mut self) -> io::Result<Frame> {
         loop {
