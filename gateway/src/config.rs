@@ -7,13 +7,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-pub use mangahub_ops::Secret;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use mangahub_ops::{LogFormat, Secret};
 
 #[derive(Debug, Clone, Parser)]
 #[command(

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-pub use mangahub_ops::Secret;
+pub use mangahub_ops::{LogFormat, Secret};
 
 /// SQLite's `synchronous` setting for the embedded store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -14,12 +14,6 @@ pub enum SqliteSync {
     Full,
     /// fsync at checkpoints: an ack survives a crash of the service, not of the machine.
     Normal,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, Parser)]
