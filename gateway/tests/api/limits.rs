@@ -124,11 +124,13 @@ async fn an_idle_connection_is_closed_and_ping_keeps_it_open() {
     assert!(started.elapsed() >= Duration::from_millis(500));
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_and_others_stay_on_time() {
+    // 256 KiB of queue: ample for a reader that keeps reading on a loaded
+    // machine, far below the ~6.5 MB the publishers send the one that doesn't.
     let app = spawn_app_with(&[
         "--outbound-queue-bytes",
-        "16384",
+        "262144",
         "--rate-limit-per-sec",
         "100000",
         "--rate-limit-burst",
