@@ -3,12 +3,12 @@
 
 mod render;
 pub mod session;
+mod shell;
 
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use tokio::io::{AsyncBufReadExt, BufReader};
 
 use session::{Message, Session};
 
@@ -150,7 +150,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         } => {
             return watch(&mut session, &manga, global, count, json).await;
         }
-        ClientCommand::Shell => return shell(session, json).await,
+        ClientCommand::Shell => return shell::run(session, json).await,
     };
     print(&reply, json);
     if reply.kind == "error" {
@@ -239,114 +239,4 @@ async fn watch(
         seen += 1;
     }
     Ok(())
-}
-
-const SHELL_HELP: &str = "commands:
-  update <manga> <chapter> [page] [status]   save progress
-  get <manga> | delete <manga> | list
-  sub <manga>|global  /  unsub <manga>|global
-  ping | help | quit
-  {…}                                          any raw JSON line";
-
-/// Reads commands from stdin while printing whatever the gateway sends. At
-/// `quit` or end of input it waits for the replies still owed.
-async fn shell(mut session: Session, json: bool) -> anyhow::Result<()> {
-    println!("connected as {}; type `help`", session.user_id);
-    let mut stdin = BufReader::new(tokio::io::stdin()).lines();
-    let (mut sent, mut answered) = (0u64, 0u64);
-    let mut input_open = true;
-    loop {
-        if !input_open && answered >= sent {
-            return Ok(());
-        }
-        tokio::select! {
-            line = stdin.next_line(), if input_open => {
-                match line?.map(|l| shell_line(l.trim())) {
-                    None | Some(Ok(ShellAction::Quit)) => input_open = false,
-                    Some(Ok(ShellAction::Help)) => println!("{SHELL_HELP}"),
-                    Some(Ok(ShellAction::Send(raw))) => {
-                        session.send_line(&raw).await?;
-                        sent += 1;
-                    }
-                    Some(Ok(ShellAction::Nothing)) => {}
-                    Some(Err(err)) => println!("{err}"),
-                }
-            }
-            msg = session.next() => match msg? {
-                Some(msg) => {
-                    if !msg.is_event() {
-                        answered += 1;
-                    }
-                    print(&msg, json);
-                }
-                None => bail!("the gateway closed the connection"),
-            },
-            () = tokio::time::sleep(Duration::from_secs(10)), if !input_open => {
-                bail!("no reply to {} request(s)", sent - answered);
-            }
-        }
-    }
-}
-
-enum ShellAction {
-    Send(String),
-    Help,
-    Quit,
-    Nothing,
-}
-
-fn shell_line(line: &str) -> anyhow::Result<ShellAction> {
-    if line.starts_with('{') {
-        return Ok(ShellAction::Send(line.to_owned()));
-    }
-    let words: Vec<&str> = line.split_whitespace().collect();
-    let manga = |i: usize| -> anyhow::Result<i64> {
-        words
-            .get(i)
-            .context("missing manga id")?
-            .parse()
-            .context("manga id must be a number")
-    };
-    let channel = |i: usize| -> anyhow::Result<String> {
-        match words.get(i) {
-            Some(&"global") => Ok(r#"{"channel":"global"}"#.to_owned()),
-            _ => Ok(format!(r#"{{"manga_id":{}}}"#, manga(i)?)),
-        }
-    };
-    let msg = |kind: &str, data: String| format!(r#"{{"type":"{kind}","data":{data}}}"#);
-    Ok(match words.first().copied() {
-        None => ShellAction::Nothing,
-        Some("quit" | "exit") => ShellAction::Quit,
-        Some("help") => ShellAction::Help,
-        Some("ping") => ShellAction::Send(r#"{"type":"ping"}"#.into()),
-        Some("list") => ShellAction::Send(r#"{"type":"list_progress"}"#.into()),
-        Some("get") => ShellAction::Send(msg(
-            "get_progress",
-            format!(r#"{{"manga_id":{}}}"#, manga(1)?),
-        )),
-        Some("delete") => ShellAction::Send(msg(
-            "delete_progress",
-            format!(r#"{{"manga_id":{}}}"#, manga(1)?),
-        )),
-        Some("sub") => ShellAction::Send(msg("subscribe", channel(1)?)),
-        Some("unsub") => ShellAction::Send(msg("unsubscribe", channel(1)?)),
-        Some("update") => {
-            let chapter = words.get(2).context("missing chapter")?;
-            let page = words
-                .get(3)
-                .map(|p| p.parse())
-                .transpose()
-                .context("page must be a number")?;
-            let data = update_data(
-                manga(1)?,
-                chapter,
-                page,
-                words.get(4).copied(),
-                false,
-                false,
-            )?;
-            ShellAction::Send(msg("progress_update", data))
-        }
-        Some(other) => bail!("unknown command {other:?}; type `help`"),
-    })
 }

@@ -4,4 +4,5 @@
 mod client;
 mod dev;
 mod helpers;
+mod shell;
 mod token;
