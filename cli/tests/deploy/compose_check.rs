@@ -236,9 +236,27 @@ fn compose_topology_is_the_documented_one() {
                     "{file}: {name} waits for {host}"
                 );
             }
+            // The probe asks this gateway's own admin port for /readyz.
+            let admin = env.get("METRICS_LISTEN").expect("gateway admin port");
+            let probe = compose::healthcheck_command(service).unwrap_or_default();
+            assert_eq!(
+                probe.get(..2),
+                Some(&[MANGAHUB.to_owned(), "healthcheck".to_owned()][..]),
+                "{file}: {name} healthcheck"
+            );
+            let probe_url = probe
+                .iter()
+                .skip_while(|a| *a != "--http")
+                .nth(1)
+                .expect("--http");
             assert!(
-                env.contains_key("METRICS_LISTEN"),
-                "{file}: {name}: admin port"
+                probe_url.ends_with("/readyz"),
+                "{file}: {name}: {probe_url}"
+            );
+            assert_eq!(
+                compose::url_host_port(probe_url).1,
+                compose::url_host_port(&format!("x://{admin}")).1,
+                "{file}: {name} probes its own admin port"
             );
             // The drain, up to 1 s flushing each connection, 2 s of slack (docs/gateway.md).
             assert_grace(file, name, service, &env, Duration::from_secs(3));

@@ -123,18 +123,17 @@ async fn compose_topology_runs_a_full_scenario_natively() {
             ],
         ),
     );
+    // Ready when the compose healthcheck, pointed at this admin port, passes.
+    let gateway_probe = healthcheck(
+        &gateway_def,
+        "--http",
+        format!("http://{gateway_admin}/readyz"),
+    );
     gateway
-        .wait_ready(STARTUP, || async move {
-            matches!(http_get(gateway_admin, "/readyz").await, Ok((200, _)))
+        .wait_ready(STARTUP, || {
+            process::succeeds(&mangahub, &gateway_probe, &no_env)
         })
         .await;
-    // The gateway's compose healthcheck runs with its container's environment.
-    let probe = healthcheck(&gateway_def, "--addr", tcp.to_string());
-    let gateway_env = compose::environment(&gateway_def);
-    assert!(
-        process::succeeds(&mangahub, &probe, &gateway_env).await,
-        "gateway healthcheck {probe:?}"
-    );
 
     let client_env: BTreeMap<String, String> =
         [("JWT_SECRET".to_owned(), secrets["JWT_SECRET"].clone())].into();
@@ -227,12 +226,20 @@ async fn compose_topology_runs_a_full_scenario_natively() {
     let last = client("alice", &["update", "--manga", "7", "--chapter", "12.25"]).await;
     assert_eq!(last["applied"], true, "{last}");
 
-    gateway.terminate();
-    let status = gateway.wait(STEP).await;
-    assert!(status.success(), "gateway exited with {status}");
     progress.terminate();
     let status = progress.wait(STEP).await;
     assert!(status.success(), "progress-service exited with {status}");
+    // Without its progress service the gateway reports unready, and the
+    // compose probe says unhealthy.
+    wait_until(STEP, "the gateway healthcheck to fail", || {
+        let (mangahub, probe) = (&mangahub, &gateway_probe);
+        async move { !process::succeeds(mangahub, probe, &BTreeMap::new()).await }
+    })
+    .await
+    .expect("gateway unhealthy without the progress service");
+    gateway.terminate();
+    let status = gateway.wait(STEP).await;
+    assert!(status.success(), "gateway exited with {status}");
 
     assert_eq!(stored(&pool, "alice", 7).await, Some(("12.25".into(), 1)));
     assert_eq!(

@@ -38,6 +38,12 @@ async fn metrics_move_and_readyz_follows_the_progress_service() {
             "{name} did not move:\n{after}"
         );
     }
+    // Latencies are Prometheus histograms, so replicas can be aggregated.
+    assert!(
+        after.contains("# TYPE gateway_grpc_request_duration_seconds histogram")
+            && after.contains("gateway_grpc_request_duration_seconds_bucket{"),
+        "{after}"
+    );
 
     let progress = app.progress.take().expect("progress service");
     let addr = progress.addr;
