@@ -230,23 +230,21 @@ async fn request_loop<R: ReadSource>(
     }
 }
 
-/// Reads one line and answers it.
-async fn next_request<R: ReadSource>(
-    shared: &Shared,
-    lines: &mut LineReader<R>,
-    session: &mut Session,
-    limits: [&Limiter; 2],
-) -> Step {
-    let out = session.conn.clone();
-    let stop = out.stop_token();
-    let frame = tokio::select! {
-        biased;
-        () = stop.cancelled() => return Step::Stop,
-        frame = lines.next() => frame,
-    };
-    out.touch();
+/// Most `progress_update` lines answered by one call to the progress service.
+const MAX_PIPELINED: usize = 128;
+
+/// One line, checked against the rate limits and parsed.
+enum Admitted {
+    Request(Option<Box<RawValue>>, Request),
+    /// Answered without doing anything (rate limited, malformed).
+    Refused(Reply),
+    /// EOF or a read error.
+    Close,
+}
+
+fn admit(frame: std::io::Result<Frame>, limits: [&Limiter; 2]) -> Admitted {
     let (id, request) = match frame {
-        Err(_) | Ok(Frame::Eof) => return Step::Close,
+        Err(_) | Ok(Frame::Eof) => return Admitted::Close,
         Ok(Frame::TooLarge) => (None, Err(crate::protocol::ParseError::too_large())),
         Ok(Frame::Line(line)) => parse_line(&line),
     };
@@ -255,39 +253,106 @@ async fn next_request<R: ReadSource>(
     if limits.iter().any(|limiter| limiter.check().is_err()) {
         metrics::counter!("gateway_rate_limited_total").increment(1);
         let reply = ErrorReply::new(ErrorCode::RateLimited, "Rate limit exceeded");
-        send(&out, &Reply::error(id.as_deref(), &reply));
-        return Step::Next;
+        return Admitted::Refused(Reply::error(id.as_deref(), &reply));
     }
-    let request = match request {
-        Ok(request) => request,
-        Err(err) => {
-            send(&out, &Reply::error(err.id.as_deref(), &err.reply));
-            return Step::Next;
-        }
-    };
-    let mut handling = Box::pin(handlers::handle(
-        &shared.backend,
-        session,
-        id.as_deref(),
-        request,
-    ));
-    let reply = tokio::select! {
+    match request {
+        Ok(request) => Admitted::Request(id, request),
+        Err(err) => Admitted::Refused(Reply::error(err.id.as_deref(), &err.reply)),
+    }
+}
+
+/// Reads one line and answers it. A `progress_update` takes with it the
+/// lines the client already sent behind it, up to the first that is not an
+/// update: those updates go out as one call (`handlers::updates`), and their
+/// replies still come in line order.
+async fn next_request<R: ReadSource>(
+    shared: &Shared,
+    lines: &mut LineReader<R>,
+    session: &mut Session,
+    limits: [&Limiter; 2],
+) -> Step {
+    let out = session.conn.clone();
+    let frame = tokio::select! {
         biased;
-        reply = &mut handling => reply,
+        () = out.stop_token().cancelled() => return Step::Stop,
+        frame = lines.next() => frame,
+    };
+    out.touch();
+    let mut next = admit(frame, limits);
+    loop {
+        let (id, request) = match next {
+            Admitted::Close => return Step::Close,
+            Admitted::Refused(reply) => {
+                send(&out, &reply);
+                return Step::Next;
+            }
+            Admitted::Request(id, request) => (id, request),
+        };
+        let (replies, then) = match request {
+            Request::ProgressUpdate(cmd) => {
+                let mut run = vec![handlers::Pipelined::Update { id, cmd }];
+                let mut then = None;
+                while run.len() < MAX_PIPELINED {
+                    let Some(frame) = lines.try_next() else { break };
+                    match admit(frame, limits) {
+                        Admitted::Request(id, Request::ProgressUpdate(cmd)) => {
+                            run.push(handlers::Pipelined::Update { id, cmd });
+                        }
+                        Admitted::Refused(reply) => run.push(handlers::Pipelined::Answered(reply)),
+                        other => {
+                            then = Some(other);
+                            break;
+                        }
+                    }
+                }
+                let handling = handlers::updates(&shared.backend, session, run);
+                (answer(shared, &out, handling).await, then)
+            }
+            request => {
+                let handling = async {
+                    vec![handlers::handle(&shared.backend, session, id.as_deref(), request).await]
+                };
+                (answer(shared, &out, handling).await, None)
+            }
+        };
+        let Some(replies) = replies else {
+            return Step::Close;
+        };
+        for reply in &replies {
+            send(&out, reply);
+        }
+        match then {
+            Some(admitted) => next = admitted,
+            None => return Step::Next,
+        }
+    }
+}
+
+/// Runs a request's handling to its replies. When the server stops meanwhile
+/// it says `SHUTDOWN`, gives the handling the drain period to finish (sending
+/// its replies), and returns `None`: the connection closes.
+async fn answer(
+    shared: &Shared,
+    out: &Conn,
+    handling: impl Future<Output = Vec<Reply>>,
+) -> Option<Vec<Reply>> {
+    let mut handling = Box::pin(handling);
+    let stop = out.stop_token();
+    tokio::select! {
+        biased;
+        replies = &mut handling => Some(replies),
         () = stop.cancelled() => {
             if out.is_kicked() {
-                return Step::Close;
+                return None;
             }
-            send_shutdown(&out);
+            send_shutdown(out);
             match tokio::time::timeout(shared.shutdown_drain, handling).await {
-                Ok(reply) => send(&out, &reply),
+                Ok(replies) => replies.iter().for_each(|reply| send(out, reply)),
                 Err(_) => tracing::warn!("in-flight request cut off by the shutdown drain"),
             }
-            return Step::Close;
+            None
         }
-    };
-    send(&out, &reply);
-    Step::Next
+    }
 }
 
 /// Closes authenticated connections that sent nothing for `IDLE_TIMEOUT`.

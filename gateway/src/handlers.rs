@@ -95,6 +95,95 @@ async fn update(
     id: Option<&RawValue>,
     cmd: UpdateCommand,
 ) -> Result<Reply, ErrorReply> {
+    let request = update_request(backend, session, cmd)?;
+    let mut client = backend.client.clone();
+    let response = call(backend, "UpdateProgress", client.update_progress(request)).await?;
+    ack(id, &response)
+}
+
+/// One `progress_update` line of a pipelined run, or the reply already
+/// decided for a line in that run (rate limited, malformed).
+pub enum Pipelined {
+    Update {
+        id: Option<Box<RawValue>>,
+        cmd: UpdateCommand,
+    },
+    Answered(Reply),
+}
+
+/// Answers a run of lines the client sent without waiting, in order. Their
+/// updates go to the progress service as one `UpdateProgressBatch` call, which
+/// applies them in order (so one record's updates keep their order) and lets
+/// them share commits.
+pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) -> Vec<Reply> {
+    let mut replies: Vec<Option<Reply>> = Vec::with_capacity(run.len());
+    let mut sent = Vec::new();
+    for line in run {
+        match line {
+            Pipelined::Answered(reply) => replies.push(Some(reply)),
+            Pipelined::Update { id, cmd } => match update_request(backend, session, cmd) {
+                Ok(request) => {
+                    sent.push((replies.len(), id, request));
+                    replies.push(None);
+                }
+                Err(err) => replies.push(Some(Reply::error(id.as_deref(), &err))),
+            },
+        }
+    }
+    if sent.len() == 1 {
+        let (at, id, request) = sent.remove(0);
+        let mut client = backend.client.clone();
+        let result = call(backend, "UpdateProgress", client.update_progress(request))
+            .await
+            .and_then(|response| ack(id.as_deref(), &response));
+        replies[at] = Some(result.unwrap_or_else(|err| Reply::error(id.as_deref(), &err)));
+    } else if !sent.is_empty() {
+        let (slots, requests): (Vec<_>, Vec<_>) =
+            sent.into_iter().map(|(at, id, r)| ((at, id), r)).unzip();
+        let mut client = backend.client.clone();
+        let batch = pb::UpdateProgressBatchRequest { updates: requests };
+        let results = call(
+            backend,
+            "UpdateProgressBatch",
+            client.update_progress_batch(batch),
+        )
+        .await
+        .map(|response| response.results);
+        for (n, (at, id)) in slots.into_iter().enumerate() {
+            let result = match &results {
+                Ok(results) => batch_result(id.as_deref(), results.get(n)),
+                Err(err) => Err(err.clone()),
+            };
+            replies[at] = Some(result.unwrap_or_else(|err| Reply::error(id.as_deref(), &err)));
+        }
+    }
+    replies.into_iter().flatten().collect()
+}
+
+fn batch_result(
+    id: Option<&RawValue>,
+    result: Option<&pb::UpdateProgressResult>,
+) -> Result<Reply, ErrorReply> {
+    use pb::update_progress_result::Result as Item;
+    match result.and_then(|r| r.result.as_ref()) {
+        Some(Item::Ok(response)) => ack(id, response),
+        Some(Item::Error(err)) => Err(map_status(
+            "UpdateProgressBatch",
+            &tonic::Status::new(Code::from_i32(err.code), err.message.clone()),
+        )),
+        None => {
+            tracing::error!("the progress service answered a batch without this result");
+            Err(internal())
+        }
+    }
+}
+
+/// The progress-service request for a `progress_update` of this session.
+fn update_request(
+    backend: &Backend,
+    session: &Session,
+    cmd: UpdateCommand,
+) -> Result<pb::UpdateProgressRequest, ErrorReply> {
     let user_id = &session.identity.user_id;
     if cmd.user_id.as_deref().is_some_and(|u| u != &**user_id) {
         return Err(ErrorReply::new(
@@ -102,7 +191,7 @@ async fn update(
             "user_id does not match the authenticated user",
         ));
     }
-    let request = pb::UpdateProgressRequest {
+    Ok(pb::UpdateProgressRequest {
         user_id: user_id.to_string(),
         manga_id: cmd.manga_id,
         chapter: cmd.chapter.to_string(),
@@ -111,9 +200,10 @@ async fn update(
         force: cmd.force,
         private: cmd.private,
         origin: backend.fanout.origin(session.conn.id()),
-    };
-    let mut client = backend.client.clone();
-    let response = call(backend, "UpdateProgress", client.update_progress(request)).await?;
+    })
+}
+
+fn ack(id: Option<&RawValue>, response: &pb::UpdateProgressResponse) -> Result<Reply, ErrorReply> {
     Ok(Reply::new(&ServerMessage::ProgressAck {
         id,
         applied: response.applied,
@@ -218,8 +308,12 @@ fn subscribe(
 fn record(progress: Option<&pb::Progress>) -> Result<Record, ErrorReply> {
     progress.and_then(Record::from_pb).ok_or_else(|| {
         tracing::error!("the progress service answered a malformed record");
-        ErrorReply::new(ErrorCode::Internal, "internal error")
+        internal()
     })
+}
+
+fn internal() -> ErrorReply {
+    ErrorReply::new(ErrorCode::Internal, "internal error")
 }
 
 async fn call<T>(
@@ -270,7 +364,7 @@ fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
                 message = status.message(),
                 "progress service call failed"
             );
-            ErrorReply::new(ErrorCode::Internal, "internal error")
+            internal()
         }
     }
 }

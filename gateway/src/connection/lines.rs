@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::io;
+use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -87,6 +88,16 @@ impl<R: ReadSource> LineReader<R> {
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return Ok(Frame::Eof);
             }
+        }
+    }
+
+    /// The next frame if it is there without waiting: already buffered, or
+    /// readable from the transport right now.
+    pub fn try_next(&mut self) -> Option<io::Result<Frame>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match std::pin::pin!(self.next()).poll(&mut cx) {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
         }
     }
 

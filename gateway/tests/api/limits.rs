@@ -126,11 +126,12 @@ async fn an_idle_connection_is_closed_and_ping_keeps_it_open() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_dropped_and_others_stay_on_time() {
-    // 256 KiB of queue: ample for a reader that keeps reading on a loaded
-    // machine, far below the ~6.5 MB the publishers send the one that doesn't.
+    // 2 MiB of queue: room for the bursts of pipelined publishers (a batch of
+    // up to 128 updates commits at once: 4 × 128 events of ~2 KB), and a
+    // quarter of the ~8 MB the publishers send the reader that never reads.
     let app = spawn_app_with(&[
         "--outbound-queue-bytes",
-        "262144",
+        "2097152",
         "--rate-limit-per-sec",
         "100000",
         "--rate-limit-burst",
@@ -149,19 +150,29 @@ async fn a_client_that_stops_reading_is_dropped_and_others_stay_on_time() {
     assert_eq!(auth["success"], true);
     slow.subscribe(json!({"channel":"global"})).await;
 
+    // Publishers send in rounds and wait for the reading subscriber to catch
+    // up before the next one, so its backlog stays one round (4 × 100 events
+    // of ~2 KB) whatever the machine's load; the one that never reads gets all
+    // ~8 MB.
     const PUBLISHERS: i64 = 4;
-    const PER_PUBLISHER: i64 = 400;
-    let total = PUBLISHERS * PER_PUBLISHER;
+    const ROUNDS: i64 = 10;
+    const PER_ROUND: i64 = 100;
+    let total = PUBLISHERS * ROUNDS * PER_ROUND;
     let mut fast = app.authed("fast").await;
     fast.subscribe(json!({"channel":"global"})).await;
+    let (progress, mut caught_up) = tokio::sync::watch::channel(0);
     let fast_task = tokio::spawn(async move {
-        let mut received = 0;
         let mut last_at = Instant::now();
-        while received < total {
-            let event = fast.recv().await;
-            assert_eq!(event["type"], "progress_broadcast", "{event}");
-            received += 1;
+        for received in 1..=total {
+            // A cheap check keeps this reader fast even in a debug build.
+            let event = fast.recv_line().await;
+            assert!(
+                event.starts_with(r#"{"type":"progress_broadcast""#),
+                "{}",
+                &event[..event.len().min(200)]
+            );
             last_at = Instant::now();
+            progress.send_replace(received);
         }
         last_at
     });
@@ -170,25 +181,34 @@ async fn a_client_that_stops_reading_is_dropped_and_others_stay_on_time() {
     for p in 0..PUBLISHERS {
         // Long names make big events, so the kernel's socket buffers fill quickly.
         let user = format!("publisher-{p}");
-        let name = format!("{user}-{}", "n".repeat(4000));
-        let mut c = app.authed_as(&user, &token_named(&user, &name)).await;
-        publishers.push(tokio::spawn(async move {
+        let name = format!("{user}-{}", "n".repeat(2000));
+        publishers.push(app.authed_as(&user, &token_named(&user, &name)).await);
+    }
+    for round in 0..ROUNDS {
+        for (p, c) in (0..).zip(publishers.iter_mut()) {
             let mut batch = String::new();
-            for i in 0..PER_PUBLISHER {
+            for i in 0..PER_ROUND {
+                let manga = 100_000 * (p + 1) + PER_ROUND * round + i;
                 batch.push_str(
-                    &json!({"type":"progress_update","data":{"manga_id":1000 * (p + 1) + i,"chapter":1}})
+                    &json!({"type":"progress_update","data":{"manga_id":manga,"chapter":1}})
                         .to_string(),
                 );
                 batch.push('\n');
             }
             c.send_raw(batch.as_bytes()).await;
-            for _ in 0..PER_PUBLISHER {
+        }
+        for c in &mut publishers {
+            for _ in 0..PER_ROUND {
                 assert_eq!(c.recv().await["type"], "progress_ack");
             }
-        }));
-    }
-    for p in publishers {
-        p.await.expect("publisher");
+        }
+        if round + 1 < ROUNDS {
+            let sent = (round + 1) * PUBLISHERS * PER_ROUND;
+            tokio::time::timeout(WAIT, caught_up.wait_for(|n| *n >= sent))
+                .await
+                .expect("the reading subscriber keeps up")
+                .expect("reader running");
+        }
     }
     let published_at = Instant::now();
     let last_delivery = tokio::time::timeout(WAIT, fast_task)

@@ -1,8 +1,9 @@
 //! Every request type of contract §5, its reply shape, `id` echo and order.
 
-use serde_json::json;
+use serde_json::{Value, json};
+use testkit::http_get;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn progress_update_is_acked_with_the_stored_record() {
@@ -293,4 +294,81 @@ async fn bad_lines_get_their_error_codes_and_the_connection_survives() {
     other
         .assert_silent(std::time::Duration::from_millis(300))
         .await;
+}
+
+/// A client that sends without waiting: every line is answered in order, a
+/// record's updates apply in the order sent (the gateway hands runs of updates
+/// to the progress service as one ordered batch), and the other device sees
+/// every change in order.
+#[tokio::test]
+async fn pipelined_lines_are_answered_in_order_and_updates_keep_their_order() {
+    let app = spawn_app_with(&["--rate-limit-per-sec", "1000", "--rate-limit-burst", "1000"]).await;
+    let batches = || async {
+        let body = http_get(app.admin, "/metrics").await.expect("metrics").1;
+        body.lines()
+            .filter(|l| {
+                l.starts_with("gateway_grpc_request_duration_seconds_count")
+                    && l.contains("method=\"UpdateProgressBatch\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let batches_before = batches().await;
+    let mut phone = app.authed("piper").await;
+    let mut tablet = app.authed("piper").await;
+
+    let mut lines = String::new();
+    let mut expected = Vec::new();
+    let mut push = |line: Value| {
+        expected.push(line["id"].clone());
+        lines.push_str(&line.to_string());
+        lines.push('\n');
+    };
+    for chapter in 1..=100 {
+        if chapter == 51 {
+            push(json!({"type":"get_progress","id":"get","data":{"manga_id":9}}));
+        }
+        if chapter == 76 {
+            push(json!({"type":"progress_update","id":"bad","data":{"manga_id":9,"chapter":-1}}));
+        }
+        push(
+            json!({"type":"progress_update","id":chapter,"data":{"manga_id":9,"chapter":chapter}}),
+        );
+    }
+    push(json!({"type":"ping","id":"ping"}));
+    phone.send_raw(lines.as_bytes()).await;
+
+    for id in &expected {
+        let reply = phone.recv().await;
+        assert_eq!(&reply["id"], id, "replies in line order: {reply}");
+        match id {
+            Value::Number(_) => {
+                assert_eq!(reply["type"], "progress_ack", "{reply}");
+                assert_eq!(reply["applied"], true, "{reply}");
+                assert_eq!(&reply["data"]["chapter"], id, "{reply}");
+                assert_eq!(&reply["data"]["version"], id, "applied in order: {reply}");
+            }
+            _ if id == "get" => {
+                // Answered after the 50 updates sent before it, before those after it.
+                assert_eq!(reply["data"]["chapter"], 50, "{reply}");
+                assert_eq!(reply["data"]["version"], 50, "{reply}");
+            }
+            _ if id == "bad" => {
+                assert_eq!(reply["type"], "error", "{reply}");
+                assert_eq!(reply["code"], "INVALID_DATA", "{reply}");
+            }
+            _ => assert_eq!(reply["type"], "pong", "{reply}"),
+        }
+    }
+    for chapter in 1..=100 {
+        let event = tablet.recv_type("progress_broadcast").await;
+        assert_eq!(
+            event["data"]["chapter"], chapter,
+            "events in order: {event}"
+        );
+    }
+    assert!(
+        batches().await > batches_before,
+        "pipelined updates went out as UpdateProgressBatch calls"
+    );
 }

@@ -11,12 +11,14 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use crate::domain::{ProgressKey, validate_user_id};
+use crate::domain::{ProgressKey, UpdateOutcome, validate_user_id};
 use crate::events::{ChangeEvent, EventBus};
 use crate::store::{Cursor, DynStore, ListQuery, WriteMeta};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
+/// Most updates one `UpdateProgressBatch` call may carry.
+const MAX_BATCH_UPDATES: usize = 1000;
 /// Events queued per watch stream between the event bus and HTTP/2.
 const WATCH_STREAM_QUEUE: usize = 1024;
 
@@ -52,12 +54,52 @@ impl ProgressService for ProgressApi {
             private: req.private,
         };
         let out = timed("update", self.store.update(cmd, meta)).await?;
-        metrics::counter!("progress_updates_total", "applied" => if out.applied { "true" } else { "false" })
-            .increment(1);
-        Ok(Response::new(pb::UpdateProgressResponse {
-            applied: out.applied,
-            progress: Some(convert::progress(&out.progress)),
-        }))
+        Ok(Response::new(applied(&out)))
+    }
+
+    async fn update_progress_batch(
+        &self,
+        request: Request<pb::UpdateProgressBatchRequest>,
+    ) -> Result<Response<pb::UpdateProgressBatchResponse>, Status> {
+        let updates = request.into_inner().updates;
+        if updates.len() > MAX_BATCH_UPDATES {
+            return Err(Status::invalid_argument(format!(
+                "updates: at most {MAX_BATCH_UPDATES} per call"
+            )));
+        }
+        // Invalid updates are answered in place; the rest go to the store in order.
+        let mut results: Vec<Option<pb::update_progress_result::Result>> = Vec::new();
+        let mut cmds = Vec::with_capacity(updates.len());
+        for req in &updates {
+            match convert::update_command(req) {
+                Ok(cmd) => {
+                    let meta = WriteMeta {
+                        origin: req.origin.clone(),
+                        private: req.private,
+                    };
+                    cmds.push((cmd, meta));
+                    results.push(None);
+                }
+                Err(err) => results.push(Some(batch_error(Status::from(err)))),
+            }
+        }
+        let mut outcomes = timed("update_batch", self.store.update_many(cmds))
+            .await
+            .into_iter();
+        let results = results
+            .into_iter()
+            .map(|answered| {
+                let result = answered.unwrap_or_else(|| match outcomes.next() {
+                    Some(Ok(out)) => pb::update_progress_result::Result::Ok(applied(&out)),
+                    Some(Err(err)) => batch_error(Status::from(err)),
+                    None => batch_error(Status::internal("batch outcome out of step")),
+                });
+                pb::UpdateProgressResult {
+                    result: Some(result),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::UpdateProgressBatchResponse { results }))
     }
 
     async fn get_progress(
@@ -151,6 +193,23 @@ impl ProgressService for ProgressApi {
         tokio::spawn(forward_events(events, filter, tx, self.shutdown.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
+}
+
+/// The response for one update, counted in `progress_updates_total{applied}`.
+fn applied(out: &UpdateOutcome) -> pb::UpdateProgressResponse {
+    metrics::counter!("progress_updates_total", "applied" => if out.applied { "true" } else { "false" })
+        .increment(1);
+    pb::UpdateProgressResponse {
+        applied: out.applied,
+        progress: Some(convert::progress(&out.progress)),
+    }
+}
+
+fn batch_error(status: Status) -> pb::update_progress_result::Result {
+    pb::update_progress_result::Result::Error(pb::UpdateProgressError {
+        code: status.code() as i32,
+        message: status.message().to_owned(),
+    })
 }
 
 /// Records how long a store call took (`progress_store_seconds{op}`), errors included.

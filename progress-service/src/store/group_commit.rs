@@ -113,10 +113,36 @@ impl GroupCommit {
         cmd: UpdateCommand,
         meta: WriteMeta,
     ) -> Result<UpdateOutcome, StoreError> {
-        let (reply, rx) = oneshot::channel();
-        let key = cmd.key.clone();
-        self.submit(&key, Op::Update { cmd, meta, reply }).await?;
-        rx.await.map_err(|_| closed())?
+        self.update_many(vec![(cmd, meta)])
+            .await
+            .pop()
+            .unwrap_or_else(|| Err(closed()))
+    }
+
+    /// Queues every update in order before waiting for any, so they share
+    /// commits; a record's updates stay in order (one shard, FIFO).
+    pub async fn update_many(
+        &self,
+        cmds: Vec<(UpdateCommand, WriteMeta)>,
+    ) -> Vec<Result<UpdateOutcome, StoreError>> {
+        let mut queued = Vec::with_capacity(cmds.len());
+        for (cmd, meta) in cmds {
+            let (reply, rx) = oneshot::channel();
+            let key = cmd.key.clone();
+            queued.push(
+                self.submit(&key, Op::Update { cmd, meta, reply })
+                    .await
+                    .map(|()| rx),
+            );
+        }
+        let mut outcomes = Vec::with_capacity(queued.len());
+        for rx in queued {
+            outcomes.push(match rx {
+                Ok(rx) => rx.await.map_err(|_| closed()).and_then(|outcome| outcome),
+                Err(err) => Err(err),
+            });
+        }
+        outcomes
     }
 
     pub async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {

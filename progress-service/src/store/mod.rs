@@ -105,6 +105,20 @@ pub trait ProgressStore: Send + Sync + 'static {
         cmd: UpdateCommand,
         meta: WriteMeta,
     ) -> Result<UpdateOutcome, StoreError>;
+    /// Applies the updates in the order given (so a record's updates keep
+    /// their order), each with its own outcome. This default runs them one
+    /// after another; stores that can queue a write without waiting for it
+    /// override it, so the whole batch shares commits.
+    async fn update_many(
+        &self,
+        cmds: Vec<(UpdateCommand, WriteMeta)>,
+    ) -> Vec<Result<UpdateOutcome, StoreError>> {
+        let mut outcomes = Vec::with_capacity(cmds.len());
+        for (cmd, meta) in cmds {
+            outcomes.push(self.update(cmd, meta).await);
+        }
+        outcomes
+    }
     async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError>;
     /// One page in `(updated_at, manga_id)` order.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Progress>, StoreError>;

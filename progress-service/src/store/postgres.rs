@@ -115,6 +115,13 @@ impl ProgressStore for PostgresStore {
         self.writer.update(cmd, meta).await
     }
 
+    async fn update_many(
+        &self,
+        cmds: Vec<(UpdateCommand, WriteMeta)>,
+    ) -> Vec<Result<UpdateOutcome, StoreError>> {
+        self.writer.update_many(cmds).await
+    }
+
     async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError> {
         get_row(&self.pool, key).await
     }

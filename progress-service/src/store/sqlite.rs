@@ -83,6 +83,13 @@ impl ProgressStore for SqliteStore {
         self.writer.update(cmd, meta).await
     }
 
+    async fn update_many(
+        &self,
+        cmds: Vec<(UpdateCommand, WriteMeta)>,
+    ) -> Vec<Result<UpdateOutcome, StoreError>> {
+        self.writer.update_many(cmds).await
+    }
+
     async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError> {
         let row: Option<ProgressRow> = sqlx::query_as(concat!(
             "SELECT ",

@@ -3,6 +3,7 @@
 //! behaviour in `hybrid`.
 
 mod admin;
+mod batch;
 mod concurrency;
 mod delete;
 mod get_list;

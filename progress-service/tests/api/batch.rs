@@ -1,0 +1,79 @@
+//! `UpdateProgressBatch`: many updates in one call, applied in the order given,
+//! each with its own result.
+
+use mangahub_proto::v1 as pb;
+use pb::update_progress_result::Result as Item;
+use tonic::Code;
+
+use crate::helpers::{Backend, both_backends, spawn_app, update_req};
+
+both_backends!(
+    a_batch_applies_in_order_and_answers_each_update,
+    an_oversized_batch_is_refused_whole
+);
+
+async fn a_batch_applies_in_order_and_answers_each_update(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let mut updates: Vec<pb::UpdateProgressRequest> = (1..=100)
+        .map(|chapter| update_req("pipeliner", 9, &chapter.to_string()))
+        .collect();
+    // An invalid one in the middle, and one behind the stored position.
+    updates.insert(50, update_req("pipeliner", 9, "1e3"));
+    updates.push(update_req("pipeliner", 9, "3"));
+    updates.push(update_req("pipeliner", 10, "1"));
+
+    let results = app
+        .client
+        .clone()
+        .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
+        .await
+        .expect("batch served")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 103, "one result per update");
+    let item = |n: usize| results[n].result.clone().expect("a result");
+    let ok = |n: usize| match item(n) {
+        Item::Ok(response) => response,
+        Item::Error(err) => panic!("update {n} failed: {err:?}"),
+    };
+
+    // Chapters 1..=100 applied one after another: versions 1..=100.
+    for (n, chapter) in (0..50).chain(51..101).zip(1..=100) {
+        let response = ok(n);
+        let progress = response.progress.expect("record");
+        assert!(response.applied, "update {n}");
+        assert_eq!(progress.chapter, chapter.to_string(), "update {n}");
+        assert_eq!(progress.version, chapter, "update {n}");
+    }
+    match item(50) {
+        Item::Error(err) => {
+            assert_eq!(err.code, Code::InvalidArgument as i32);
+            assert!(err.message.contains("chapter"), "{}", err.message);
+        }
+        Item::Ok(response) => panic!("an invalid chapter was accepted: {response:?}"),
+    }
+    let behind = ok(101);
+    assert!(!behind.applied, "a position behind is not applied");
+    assert_eq!(behind.progress.expect("record").chapter, "100");
+    assert!(ok(102).applied, "another record in the same batch");
+
+    let stored = app.get("pipeliner", 9).await.expect("stored");
+    assert_eq!((stored.chapter.as_str(), stored.version), ("100", 100));
+}
+
+async fn an_oversized_batch_is_refused_whole(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let updates = (1..=1001)
+        .map(|chapter| update_req("greedy", 1, &chapter.to_string()))
+        .collect();
+    let err = app
+        .client
+        .clone()
+        .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
+        .await
+        .expect_err("more than 1000 updates");
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("at most 1000"), "{}", err.message());
+    let missing = app.get("greedy", 1).await.expect_err("nothing was applied");
+    assert_eq!(missing.code(), Code::NotFound);
+}
