@@ -117,59 +117,57 @@ pub enum Pipelined {
 /// them share commits.
 pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) -> Vec<Reply> {
     let mut replies: Vec<Option<Reply>> = Vec::with_capacity(run.len());
-    let mut sent = Vec::new();
+    let (mut slots, mut requests) = (Vec::new(), Vec::new());
     for line in run {
         match line {
             Pipelined::Answered(reply) => replies.push(Some(reply)),
             Pipelined::Update { id, cmd } => match update_request(backend, session, cmd) {
                 Ok(request) => {
-                    sent.push((replies.len(), id, request));
+                    slots.push((replies.len(), id));
+                    requests.push(request);
                     replies.push(None);
                 }
                 Err(err) => replies.push(Some(Reply::error(id.as_deref(), &err))),
             },
         }
     }
-    if sent.len() == 1 {
-        let (at, id, request) = sent.remove(0);
-        let mut client = backend.client.clone();
-        let result = call(backend, "UpdateProgress", client.update_progress(request))
-            .await
-            .and_then(|response| ack(id.as_deref(), &response));
-        replies[at] = Some(result.unwrap_or_else(|err| Reply::error(id.as_deref(), &err)));
-    } else if !sent.is_empty() {
-        let (slots, requests): (Vec<_>, Vec<_>) =
-            sent.into_iter().map(|(at, id, r)| ((at, id), r)).unzip();
-        let mut client = backend.client.clone();
+    let mut client = backend.client.clone();
+    let responses: Vec<Result<pb::UpdateProgressResponse, ErrorReply>> = if requests.len() > 1 {
         let batch = pb::UpdateProgressBatchRequest { updates: requests };
-        let results = call(
+        match call(
             backend,
             "UpdateProgressBatch",
             client.update_progress_batch(batch),
         )
         .await
-        .map(|response| response.results);
-        for (n, (at, id)) in slots.into_iter().enumerate() {
-            let result = match &results {
-                Ok(results) => batch_result(id.as_deref(), results.get(n)),
-                Err(err) => Err(err.clone()),
-            };
-            replies[at] = Some(result.unwrap_or_else(|err| Reply::error(id.as_deref(), &err)));
+        {
+            Ok(answer) => {
+                let mut results = answer.results.into_iter();
+                slots.iter().map(|_| batch_result(results.next())).collect()
+            }
+            Err(err) => vec![Err(err); slots.len()],
         }
+    } else if let Some(request) = requests.pop() {
+        vec![call(backend, "UpdateProgress", client.update_progress(request)).await]
+    } else {
+        Vec::new()
+    };
+    for ((at, id), response) in slots.into_iter().zip(responses) {
+        let reply = response.and_then(|response| ack(id.as_deref(), &response));
+        replies[at] = Some(reply.unwrap_or_else(|err| Reply::error(id.as_deref(), &err)));
     }
     replies.into_iter().flatten().collect()
 }
 
 fn batch_result(
-    id: Option<&RawValue>,
-    result: Option<&pb::UpdateProgressResult>,
-) -> Result<Reply, ErrorReply> {
+    result: Option<pb::UpdateProgressResult>,
+) -> Result<pb::UpdateProgressResponse, ErrorReply> {
     use pb::update_progress_result::Result as Item;
-    match result.and_then(|r| r.result.as_ref()) {
-        Some(Item::Ok(response)) => ack(id, response),
+    match result.and_then(|r| r.result) {
+        Some(Item::Ok(response)) => Ok(response),
         Some(Item::Error(err)) => Err(map_status(
             "UpdateProgressBatch",
-            &tonic::Status::new(Code::from_i32(err.code), err.message.clone()),
+            &tonic::Status::new(Code::from_i32(err.code), err.message),
         )),
         None => {
             tracing::error!("the progress service answered a batch without this result");

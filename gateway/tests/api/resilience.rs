@@ -38,6 +38,22 @@ async fn a_service_outage_gives_unavailable_and_recovery_needs_no_reconnect() {
     assert_eq!(reply["code"], "UNAVAILABLE");
     assert_eq!(reply["id"], "down");
     assert!(started.elapsed() < Duration::from_secs(5), "answered fast");
+    // A pipelined run (one batch call) fails line by line, in order.
+    let mut run = String::new();
+    for id in ["p1", "p2", "p3"] {
+        run += &json!({"type":"progress_update","id":id,"data":{"manga_id":1,"chapter":2}})
+            .to_string();
+        run.push('\n');
+    }
+    phone.send_raw(run.as_bytes()).await;
+    for id in ["p1", "p2", "p3"] {
+        let reply = phone.recv().await;
+        assert_eq!(
+            (&reply["id"], &reply["code"]),
+            (&json!(id), &json!("UNAVAILABLE")),
+            "{reply}"
+        );
+    }
     for kind in ["get_progress", "delete_progress"] {
         let reply = phone
             .request(json!({"type":kind,"data":{"manga_id":1}}))
