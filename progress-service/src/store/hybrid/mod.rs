@@ -13,7 +13,7 @@ mod codec;
 pub mod pg;
 mod relay;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -195,6 +195,39 @@ impl ProgressStore for HybridStore {
             metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
         }
         Err(contention())
+    }
+
+    /// One record's updates run in the order given; different records' run
+    /// side by side (each update is still its own Redis compare-and-set).
+    async fn update_many(
+        &self,
+        cmds: Vec<(UpdateCommand, WriteMeta)>,
+    ) -> Vec<Result<UpdateOutcome, StoreError>> {
+        let count = cmds.len();
+        let mut chains: HashMap<ProgressKey, Vec<(usize, UpdateCommand, WriteMeta)>> =
+            HashMap::new();
+        for (at, (cmd, meta)) in cmds.into_iter().enumerate() {
+            chains
+                .entry(cmd.key.clone())
+                .or_default()
+                .push((at, cmd, meta));
+        }
+        let runs = chains.into_values().map(|chain| async move {
+            let mut outcomes = Vec::with_capacity(chain.len());
+            for (at, cmd, meta) in chain {
+                outcomes.push((at, self.update(cmd, meta).await));
+            }
+            outcomes
+        });
+        let mut outcomes: Vec<Option<Result<UpdateOutcome, StoreError>>> =
+            (0..count).map(|_| None).collect();
+        for (at, outcome) in futures::future::join_all(runs).await.into_iter().flatten() {
+            outcomes[at] = Some(outcome);
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Internal("update not run".into()))))
+            .collect()
     }
 
     async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError> {
