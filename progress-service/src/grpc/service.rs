@@ -57,6 +57,7 @@ impl ProgressService for ProgressApi {
         Ok(Response::new(applied(&out)))
     }
 
+    #[tracing::instrument(skip_all, fields(updates = request.get_ref().updates.len()))]
     async fn update_progress_batch(
         &self,
         request: Request<pb::UpdateProgressBatchRequest>,
