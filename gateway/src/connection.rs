@@ -16,6 +16,7 @@ use std::time::Duration;
 use governor::Quota;
 use serde_json::value::RawValue;
 use tokio::io::AsyncWrite;
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -43,12 +44,17 @@ pub struct Shared {
 const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly";
 
 /// Serves one connection until it closes, is dropped, or the server stops.
+/// `slot` (its place under `MAX_CONNECTIONS`) is released at the end.
+///
+/// Spawn the returned future itself: wrapping it in another `async` block
+/// would store it twice in the task.
 pub fn serve<R, W>(
     shared: Arc<Shared>,
     reader: R,
     writer: W,
     id: u64,
     stop: CancellationToken,
+    slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send
 where
     R: ReadSource,
@@ -57,20 +63,9 @@ where
     // Attached here rather than with `#[instrument]`, which would keep the
     // connection's future twice in its task (and every idle connection pays).
     let span = tracing::debug_span!("connection", conn_id = id, user_id = tracing::field::Empty);
-    serve_in_span(shared, reader, writer, id, stop).instrument(span)
-}
-
-async fn serve_in_span<R, W>(
-    shared: Arc<Shared>,
-    reader: R,
-    writer: W,
-    id: u64,
-    stop: CancellationToken,
-) where
-    R: ReadSource,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
     metrics::gauge!("gateway_connections").increment(1.0);
+    // Built before the future: what the future captures, it keeps for its
+    // whole life, so it captures these two rather than their ingredients.
     let out = Outbound::new(
         id,
         shared.outbound_queue_bytes,
@@ -78,33 +73,65 @@ async fn serve_in_span<R, W>(
         Box::pin(writer),
         shared.flushers.clone(),
     );
-    let mut lines = LineReader::new(reader, shared.max_message_bytes);
+    let lines = LineReader::new(reader, shared.max_message_bytes);
+    serve_in_span(shared, lines, out, slot).instrument(span)
+}
 
-    if let Some((identity, auth_id)) = Box::pin(authenticate(&shared, &mut lines, &out)).await {
-        tracing::Span::current().record("user_id", &*identity.user_id);
-        let registry = &shared.backend.fanout.registry;
-        let user_limiter = registry.join(&identity, &out);
-        send(
-            &out,
-            &Reply::new(&ServerMessage::AuthResponse {
-                id: auth_id.as_deref(),
-                success: true,
-                user_id: Some(&identity.user_id),
-                username: identity.username.as_deref(),
-                error: None,
-            }),
-        );
-        let mut session = Session {
-            conn: out.clone(),
-            identity,
-            subscriptions: Vec::new(),
-        };
-        request_loop(&shared, &mut lines, &mut session, &user_limiter).await;
-        registry.leave(&session.identity.user_id, id, &session.subscriptions);
+/// An `async move` block rather than an `async fn`: an `async fn` keeps a
+/// second copy of its arguments, and every idle connection would pay for it.
+#[allow(clippy::manual_async_fn)]
+fn serve_in_span<R: ReadSource>(
+    shared: Arc<Shared>,
+    mut lines: LineReader<R>,
+    out: Conn,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let mut opened = Box::pin(authenticate(&shared, &mut lines, &out))
+            .await
+            .map(|(identity, auth_id)| open_session(&shared, &out, identity, auth_id.as_deref()));
+        // Used in place (by reference), so the session is stored once.
+        if let Some((session, user_limiter)) = &mut opened {
+            request_loop(&shared, &mut lines, session, user_limiter).await;
+            shared.backend.fanout.registry.leave(
+                &session.identity.user_id,
+                out.id(),
+                &session.subscriptions,
+            );
+        }
+        drop(opened);
+        // Boxed: its timers must not size every idle connection's task.
+        Box::pin(out.finish()).await;
+        metrics::gauge!("gateway_connections").decrement(1.0);
+        drop(slot);
     }
-    // Boxed: its timers must not size every idle connection's task.
-    Box::pin(out.finish()).await;
-    metrics::gauge!("gateway_connections").decrement(1.0);
+}
+
+/// Registers an authenticated connection and answers its `auth`.
+fn open_session(
+    shared: &Shared,
+    out: &Conn,
+    identity: Identity,
+    auth_id: Option<&RawValue>,
+) -> (Session, Arc<Limiter>) {
+    tracing::Span::current().record("user_id", &*identity.user_id);
+    let user_limiter = shared.backend.fanout.registry.join(&identity, out);
+    send(
+        out,
+        &Reply::new(&ServerMessage::AuthResponse {
+            id: auth_id,
+            success: true,
+            user_id: Some(&identity.user_id),
+            username: identity.username.as_deref(),
+            error: None,
+        }),
+    );
+    let session = Session {
+        conn: out.clone(),
+        identity,
+        subscriptions: Vec::new(),
+    };
+    (session, user_limiter)
 }
 
 fn send(out: &Conn, reply: &Reply) {
@@ -196,37 +223,40 @@ enum Step {
 
 /// Waits while idle in a small future; reading and handling a line happen in
 /// a boxed future that exists only while there is input, so an idle
-/// connection's task stays small.
-async fn request_loop<R: ReadSource>(
-    shared: &Shared,
-    lines: &mut LineReader<R>,
-    session: &mut Session,
-    user_limiter: &Limiter,
-) {
-    let out = session.conn.clone();
-    let conn_limiter = Limiter::direct(shared.conn_quota);
-    loop {
-        if !lines.has_buffered() {
-            let readable = tokio::select! {
-                biased;
-                () = out.stop_token().cancelled() => Step::Stop,
-                ready = lines.wait_readable() => if ready.is_ok() { Step::Next } else { Step::Close },
-            };
-            match readable {
+/// connection's task stays small. (An `async move` block, not an `async fn`,
+/// for the same reason as `serve_in_span`.)
+#[allow(clippy::manual_async_fn)]
+fn request_loop<'a, R: ReadSource>(
+    shared: &'a Shared,
+    lines: &'a mut LineReader<R>,
+    session: &'a mut Session,
+    user_limiter: &'a Limiter,
+) -> impl Future<Output = ()> + Send + 'a {
+    async move {
+        let conn_limiter = Limiter::direct(shared.conn_quota);
+        loop {
+            if !lines.has_buffered() {
+                let readable = tokio::select! {
+                    biased;
+                    () = session.conn.stop_token().cancelled() => Step::Stop,
+                    ready = lines.wait_readable() => if ready.is_ok() { Step::Next } else { Step::Close },
+                };
+                match readable {
+                    Step::Next => {}
+                    Step::Stop => break,
+                    Step::Close => return,
+                }
+            }
+            let limits = [&conn_limiter, user_limiter];
+            match Box::pin(next_request(shared, lines, session, limits)).await {
                 Step::Next => {}
                 Step::Stop => break,
                 Step::Close => return,
             }
         }
-        let limits = [&conn_limiter, user_limiter];
-        match Box::pin(next_request(shared, lines, session, limits)).await {
-            Step::Next => {}
-            Step::Stop => break,
-            Step::Close => return,
+        if !session.conn.is_kicked() {
+            send_shutdown(&session.conn);
         }
-    }
-    if !out.is_kicked() {
-        send_shutdown(&out);
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -205,12 +205,31 @@ impl Gateway {
             configure(&stream);
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             let conn_stop = stop.child_token();
-            let shared_for_conn = shared.clone();
-            let tls = tls.clone();
-            shared.tasks.spawn(async move {
-                start_connection(shared_for_conn, stream, tls, id, conn_stop).await;
-                drop(permit);
-            });
+            match &tls {
+                None => {
+                    let (reader, writer) = stream.into_split();
+                    shared.tasks.spawn(connection::serve(
+                        shared.clone(),
+                        reader,
+                        writer,
+                        id,
+                        conn_stop,
+                        permit,
+                    ));
+                }
+                // Boxed: the TLS state is large and must not size every plain connection's task.
+                Some(acceptor) => {
+                    let serving = serve_tls(
+                        shared.clone(),
+                        stream,
+                        acceptor.clone(),
+                        id,
+                        conn_stop,
+                        permit,
+                    );
+                    shared.tasks.spawn(Box::pin(serving));
+                }
+            }
         }
 
         drop(listener);
@@ -249,29 +268,13 @@ pub async fn run(
     Gateway::build(listener, config)?.run(shutdown).await
 }
 
-async fn start_connection(
-    shared: Arc<Shared>,
-    stream: TcpStream,
-    tls: Option<TlsAcceptor>,
-    id: u64,
-    stop: CancellationToken,
-) {
-    match tls {
-        None => {
-            let (reader, writer) = stream.into_split();
-            connection::serve(shared, reader, writer, id, stop).await;
-        }
-        // Boxed: the TLS state is large and must not size every plain connection's task.
-        Some(acceptor) => Box::pin(serve_tls(shared, stream, acceptor, id, stop)).await,
-    }
-}
-
 async fn serve_tls(
     shared: Arc<Shared>,
     stream: TcpStream,
     acceptor: TlsAcceptor,
     id: u64,
     stop: CancellationToken,
+    slot: OwnedSemaphorePermit,
 ) {
     let handshake = tokio::time::timeout(shared.auth_timeout, acceptor.accept(stream));
     let stream = tokio::select! {
@@ -286,7 +289,7 @@ async fn serve_tls(
         },
     };
     let (reader, writer) = tokio::io::split(stream);
-    connection::serve(shared, reader, writer, id, stop).await;
+    connection::serve(shared, reader, writer, id, stop, slot).await;
 }
 
 fn configure(stream: &TcpStream) {

@@ -10,7 +10,7 @@ use std::io;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, Interest, Ready};
 
 /// Small: most lines are short, and a long line grows the buffer by doubling.
 const FIRST_READ: usize = 1024;
@@ -19,14 +19,16 @@ const MAX_READ: usize = 64 * 1024;
 /// The read half of a transport.
 pub trait ReadSource: AsyncRead + Unpin + Send + 'static {
     /// Resolves when a read would not block (a hint; may resolve early).
-    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
+    fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
+        std::future::ready(Ok(Ready::READABLE))
     }
 }
 
 impl ReadSource for tokio::net::tcp::OwnedReadHalf {
-    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        self.readable()
+    fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
+        // The innermost readiness future: each async layer around it would
+        // add to every idle connection's task.
+        self.as_ref().ready(Interest::READABLE)
     }
 }
 
@@ -67,8 +69,8 @@ impl<R: ReadSource> LineReader<R> {
     }
 
     /// Resolves when the transport has bytes to read (a hint).
-    pub async fn wait_readable(&mut self) -> io::Result<()> {
-        self.inner.wait_readable().await
+    pub fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send {
+        self.inner.wait_readable()
     }
 
     /// The next frame. Cancel-safe: no bytes are lost when dropped mid-way.
