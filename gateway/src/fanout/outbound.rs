@@ -245,16 +245,27 @@ impl Outbound {
                     return;
                 }
             }
-            let mut state = self.lock();
-            state.bytes = state.bytes.saturating_sub(batch.total);
-            if state.mode != Mode::Open || state.queue.is_empty() {
-                state.writer = Some(writer);
-                drop(state);
-                self.returned.notify_one();
-                return;
+            match self.after_write(writer, &batch) {
+                Some((next_writer, next)) => (writer, batch) = (next_writer, next),
+                None => return,
             }
-            batch = Batch::new(std::mem::take(&mut state.queue));
         }
+    }
+
+    /// After `written` went out: the next batch to write with the same write
+    /// half, or `None` when there is nothing more (or the connection is no
+    /// longer open) and the write half has been handed back.
+    fn after_write(&self, writer: BoxWriter, written: &Batch) -> Option<(BoxWriter, Batch)> {
+        let mut state = self.lock();
+        state.bytes = state.bytes.saturating_sub(written.total);
+        if state.mode != Mode::Open || state.queue.is_empty() {
+            state.writer = Some(writer);
+            drop(state);
+            self.returned.notify_one();
+            return None;
+        }
+        let next = Batch::new(std::mem::take(&mut state.queue));
+        Some((writer, next))
     }
 
     /// Takes the write half once whoever holds it hands it back.
@@ -343,15 +354,10 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
             out.returned.notify_one();
             return;
         }
-        let mut state = out.lock();
-        state.bytes = state.bytes.saturating_sub(batch.total);
-        if state.mode != Mode::Open || state.queue.is_empty() {
-            state.writer = Some(writer);
-            drop(state);
-            out.returned.notify_one();
-            return;
+        match out.after_write(writer, &batch) {
+            Some((next_writer, next)) => (writer, batch) = (next_writer, next),
+            None => return,
         }
-        batch = Batch::new(std::mem::take(&mut state.queue));
     }
 }
 
