@@ -318,38 +318,35 @@ async fn next_request<R: ReadSource>(
             }
             Admitted::Request(id, request) => (id, request),
         };
-        let (replies, then) = match request {
-            Request::ProgressUpdate(cmd) => {
-                let mut run = vec![handlers::Pipelined::Update { id, cmd }];
-                let mut then = None;
-                while run.len() < MAX_PIPELINED {
-                    let Some(frame) = lines.try_next() else { break };
-                    match admit(frame, limits) {
-                        Admitted::Request(id, Request::ProgressUpdate(cmd)) => {
-                            run.push(handlers::Pipelined::Update { id, cmd });
-                        }
-                        Admitted::Refused(reply) => run.push(handlers::Pipelined::Answered(reply)),
-                        other => {
-                            then = Some(other);
-                            break;
-                        }
-                    }
+        let (answered, then) = match request {
+            // More lines already sent behind this update: answer them as a run.
+            Request::ProgressUpdate(cmd) => match lines.try_next() {
+                Some(frame) => {
+                    let first = handlers::Pipelined::Update { id, cmd };
+                    let (run, then) = gather(lines, limits, first, frame);
+                    let handling = handlers::updates(&shared.backend, session, run);
+                    (answer(shared, &out, handling).await, then)
                 }
-                let handling = handlers::updates(&shared.backend, session, run);
-                (answer(shared, &out, handling).await, then)
-            }
+                None => {
+                    let request = Request::ProgressUpdate(cmd);
+                    let handling =
+                        handlers::handle(&shared.backend, session, id.as_deref(), request);
+                    (
+                        answer(shared, &out, async { Some(handling.await) }).await,
+                        None,
+                    )
+                }
+            },
             request => {
-                let handling = async {
-                    vec![handlers::handle(&shared.backend, session, id.as_deref(), request).await]
-                };
-                (answer(shared, &out, handling).await, None)
+                let handling = handlers::handle(&shared.backend, session, id.as_deref(), request);
+                (
+                    answer(shared, &out, async { Some(handling.await) }).await,
+                    None,
+                )
             }
         };
-        let Some(replies) = replies else {
+        if !answered {
             return Step::Close;
-        };
-        for reply in &replies {
-            send(&out, reply);
         }
         match then {
             Some(admitted) => next = admitted,
@@ -358,29 +355,59 @@ async fn next_request<R: ReadSource>(
     }
 }
 
-/// Runs a request's handling to its replies. When the server stops meanwhile
-/// it says `SHUTDOWN`, gives the handling the drain period to finish (sending
-/// its replies), and returns `None`: the connection closes.
-async fn answer(
+/// The run of lines behind a `progress_update`: `frame` and whatever else is
+/// there without waiting, up to `MAX_PIPELINED` lines, ending before the first
+/// line that is not an update (returned to be handled after the run).
+fn gather<R: ReadSource>(
+    lines: &mut LineReader<R>,
+    limits: [&Limiter; 2],
+    first: handlers::Pipelined,
+    frame: std::io::Result<Frame>,
+) -> (Vec<handlers::Pipelined>, Option<Admitted>) {
+    let mut run = vec![first];
+    let mut frame = Some(frame);
+    while let Some(line) = frame.take() {
+        match admit(line, limits) {
+            Admitted::Request(id, Request::ProgressUpdate(cmd)) => {
+                run.push(handlers::Pipelined::Update { id, cmd });
+            }
+            Admitted::Refused(reply) => run.push(handlers::Pipelined::Answered(reply)),
+            other => return (run, Some(other)),
+        }
+        if run.len() < MAX_PIPELINED {
+            frame = lines.try_next();
+        }
+    }
+    (run, None)
+}
+
+/// Runs a request's handling and sends its replies; `false` when the
+/// connection must close instead. When the server stops meanwhile it says
+/// `SHUTDOWN` and gives the handling the drain period to finish (its replies
+/// are sent after `SHUTDOWN`), then the connection closes.
+async fn answer<T: IntoIterator<Item = Reply>>(
     shared: &Shared,
     out: &Conn,
-    handling: impl Future<Output = Vec<Reply>>,
-) -> Option<Vec<Reply>> {
+    handling: impl Future<Output = T>,
+) -> bool {
     let mut handling = Box::pin(handling);
     let stop = out.stop_token();
     tokio::select! {
         biased;
-        replies = &mut handling => Some(replies),
+        replies = &mut handling => {
+            replies.into_iter().for_each(|reply| send(out, &reply));
+            true
+        }
         () = stop.cancelled() => {
             if out.is_kicked() {
-                return None;
+                return false;
             }
             send_shutdown(out);
             match tokio::time::timeout(shared.shutdown_drain, handling).await {
-                Ok(replies) => replies.iter().for_each(|reply| send(out, reply)),
+                Ok(replies) => replies.into_iter().for_each(|reply| send(out, &reply)),
                 Err(_) => tracing::warn!("in-flight request cut off by the shutdown drain"),
             }
-            None
+            false
         }
     }
 }

@@ -113,10 +113,8 @@ impl GroupCommit {
         cmd: UpdateCommand,
         meta: WriteMeta,
     ) -> Result<UpdateOutcome, StoreError> {
-        self.update_many(vec![(cmd, meta)])
-            .await
-            .pop()
-            .unwrap_or_else(|| Err(closed()))
+        let answer = self.queue_update(cmd, meta).await?;
+        answer.await.map_err(|_| closed())?
     }
 
     /// Queues every update in order before waiting for any, so they share
@@ -127,22 +125,32 @@ impl GroupCommit {
     ) -> Vec<Result<UpdateOutcome, StoreError>> {
         let mut queued = Vec::with_capacity(cmds.len());
         for (cmd, meta) in cmds {
-            let (reply, rx) = oneshot::channel();
-            let key = cmd.key.clone();
-            queued.push(
-                self.submit(&key, Op::Update { cmd, meta, reply })
-                    .await
-                    .map(|()| rx),
-            );
+            queued.push(self.queue_update(cmd, meta).await);
         }
         let mut outcomes = Vec::with_capacity(queued.len());
-        for rx in queued {
-            outcomes.push(match rx {
-                Ok(rx) => rx.await.map_err(|_| closed()).and_then(|outcome| outcome),
+        for answer in queued {
+            outcomes.push(match answer {
+                Ok(answer) => answer
+                    .await
+                    .map_err(|_| closed())
+                    .and_then(|outcome| outcome),
                 Err(err) => Err(err),
             });
         }
         outcomes
+    }
+
+    /// Puts an update on its shard's queue; the receiver gets its outcome
+    /// once committed.
+    async fn queue_update(
+        &self,
+        cmd: UpdateCommand,
+        meta: WriteMeta,
+    ) -> Result<oneshot::Receiver<Result<UpdateOutcome, StoreError>>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        let key = cmd.key.clone();
+        self.submit(&key, Op::Update { cmd, meta, reply }).await?;
+        Ok(answer)
     }
 
     pub async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
