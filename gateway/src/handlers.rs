@@ -198,6 +198,7 @@ fn update_request(
         force: cmd.force,
         private: cmd.private,
         origin: backend.fanout.origin(session.conn.id()),
+        device: None,
     })
 }
 

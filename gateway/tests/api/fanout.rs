@@ -135,6 +135,7 @@ async fn an_update_made_over_grpc_reaches_tcp_clients() {
         force: false,
         private: false,
         origin: "another-service".into(),
+        ..Default::default()
     })
     .await
     .expect("gRPC update");

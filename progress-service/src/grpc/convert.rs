@@ -32,6 +32,7 @@ pub fn progress(p: &domain::Progress) -> pb::Progress {
         status: p.status.as_str().to_owned(),
         version: p.version,
         updated_at: Some(timestamp(p.updated_at)),
+        device: None,
     }
 }
 
@@ -66,5 +67,6 @@ pub fn event(ev: &ChangeEvent) -> pb::ProgressEvent {
         progress: Some(progress),
         origin: ev.meta.origin.clone(),
         private: ev.meta.private,
+        cursor: String::new(),
     }
 }

@@ -172,10 +172,17 @@ impl ProgressService for ProgressApi {
             private: false,
         };
         if timed("delete", self.store.delete(key.clone(), meta)).await? {
-            Ok(Response::new(pb::DeleteProgressResponse {}))
+            Ok(Response::new(pb::DeleteProgressResponse { cursor: String::new() }))
         } else {
             Err(not_found(&key))
         }
+    }
+
+    async fn sync_progress(
+        &self,
+        _request: Request<pb::SyncProgressRequest>,
+    ) -> Result<Response<pb::SyncProgressResponse>, Status> {
+        Err(Status::unimplemented("sync is being built"))
     }
 
     type WatchProgressStream = ReceiverStream<Result<pb::ProgressEvent, Status>>;
@@ -203,6 +210,7 @@ fn applied(out: &UpdateOutcome) -> pb::UpdateProgressResponse {
     pb::UpdateProgressResponse {
         applied: out.applied,
         progress: Some(convert::progress(&out.progress)),
+        cursor: String::new(),
     }
 }
 

@@ -328,6 +328,7 @@ async fn replicas_share_redis_postgres_events_and_batch_work() {
                 .watch_progress(pb::WatchProgressRequest {
                     user_ids: vec!["shared".into()],
                     manga_ids: vec![],
+                    ..Default::default()
                 })
                 .await
                 .expect("watch")

@@ -19,6 +19,7 @@ async fn watch(app: &TestApp, users: &[&str], mangas: &[i64]) -> Streaming<pb::P
         .watch_progress(pb::WatchProgressRequest {
             user_ids: users.iter().map(|u| (*u).to_owned()).collect(),
             manga_ids: mangas.to_vec(),
+            ..Default::default()
         })
         .await
         .expect("watch opens")
