@@ -159,7 +159,10 @@ impl Authenticator {
             _ => None,
         }
         .or(claims.sub)
-        .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_BYTES)
+        // Contract §6: user ids carry no NUL or other control characters.
+        .filter(|u| {
+            !u.is_empty() && u.len() <= MAX_USER_ID_BYTES && !u.chars().any(char::is_control)
+        })
         .ok_or(AuthError::NoUser)?;
         Ok(Identity {
             user_id: user_id.into(),

@@ -24,7 +24,9 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Identity};
 use crate::fanout::{Conn, Flushers, Limiter, Outbound};
 use crate::handlers::{self, Backend, Reply, Session};
-use crate::protocol::{ErrorCode, ErrorReply, Request, ServerMessage, SystemCode, parse_line};
+use crate::protocol::{
+    Device, ErrorCode, ErrorReply, Request, ServerMessage, SystemCode, parse_line,
+};
 use lines::{Frame, LineReader, ReadSource};
 
 /// What every connection shares.
@@ -89,7 +91,7 @@ fn serve_in_span<R: ReadSource>(
     async move {
         let mut opened = Box::pin(authenticate(&shared, &mut lines, &out))
             .await
-            .map(|(identity, auth_id)| open_session(&shared, &out, identity, auth_id.as_deref()));
+            .map(|auth| open_session(&shared, &out, auth));
         // Used in place (by reference), so the session is stored once.
         if let Some((session, user_limiter)) = &mut opened {
             request_loop(&shared, &mut lines, session, user_limiter).await;
@@ -107,19 +109,27 @@ fn serve_in_span<R: ReadSource>(
     }
 }
 
-/// Registers an authenticated connection and answers its `auth`.
-fn open_session(
-    shared: &Shared,
-    out: &Conn,
+/// What a successful `auth` established.
+struct Authenticated {
     identity: Identity,
-    auth_id: Option<&RawValue>,
-) -> (Session, Arc<Limiter>) {
+    device: Option<Device>,
+    /// The `id` of the `auth` line, echoed on its reply.
+    id: Option<Box<RawValue>>,
+}
+
+/// Registers an authenticated connection and answers its `auth`.
+fn open_session(shared: &Shared, out: &Conn, auth: Authenticated) -> (Session, Arc<Limiter>) {
+    let Authenticated {
+        identity,
+        device,
+        id,
+    } = auth;
     tracing::Span::current().record("user_id", &*identity.user_id);
     let user_limiter = shared.backend.fanout.registry.join(&identity, out);
     send(
         out,
         &Reply::new(&ServerMessage::AuthResponse {
-            id: auth_id,
+            id: id.as_deref(),
             success: true,
             user_id: Some(&identity.user_id),
             username: identity.username.as_deref(),
@@ -129,6 +139,7 @@ fn open_session(
     let session = Session {
         conn: out.clone(),
         identity,
+        device,
         subscriptions: Vec::new(),
     };
     (session, user_limiter)
@@ -149,7 +160,7 @@ async fn authenticate<R: ReadSource>(
     shared: &Shared,
     lines: &mut LineReader<R>,
     out: &Conn,
-) -> Option<(Identity, Option<Box<RawValue>>)> {
+) -> Option<Authenticated> {
     let frame = tokio::select! {
         () = out.stop_token().cancelled() => {
             send_shutdown(out);
@@ -176,8 +187,8 @@ async fn authenticate<R: ReadSource>(
     };
     metrics::counter!("gateway_messages_in_total", "type" => request.as_ref().map_or("invalid", Request::kind))
         .increment(1);
-    let token = match request {
-        Ok(Request::Auth { token }) => token,
+    let (token, device) = match request {
+        Ok(Request::Auth { token, device }) => (token, device),
         _ => {
             fail("auth_required");
             let reply = ErrorReply::new(
@@ -192,24 +203,30 @@ async fn authenticate<R: ReadSource>(
         .as_deref()
         .ok_or(crate::auth::AuthError::Malformed)
         .and_then(|t| shared.auth.verify(t));
-    match verified {
-        Ok(identity) => Some((identity, id)),
-        Err(err) => {
+    let refusal = match (verified, device) {
+        (Ok(identity), Ok(device)) => return Some(Authenticated { identity, device, id }),
+        (Err(err), _) => {
             fail(err.reason());
             tracing::debug!(reason = err.reason(), "authentication failed");
-            send(
-                out,
-                &Reply::new(&ServerMessage::AuthResponse {
-                    id: id.as_deref(),
-                    success: false,
-                    user_id: None,
-                    username: None,
-                    error: Some("invalid token"),
-                }),
-            );
-            None
+            "invalid token".to_owned()
         }
-    }
+        (Ok(_), Err(err)) => {
+            fail("device");
+            tracing::debug!(%err, "authentication failed: bad device name");
+            err.to_string()
+        }
+    };
+    send(
+        out,
+        &Reply::new(&ServerMessage::AuthResponse {
+            id: id.as_deref(),
+            success: false,
+            user_id: None,
+            username: None,
+            error: Some(&refusal),
+        }),
+    );
+    None
 }
 
 /// What the request loop does after one line.

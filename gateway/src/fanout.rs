@@ -19,7 +19,7 @@ pub use flusher::Flushers;
 pub use outbound::{BoxWriter, Outbound};
 pub use registry::{Conn, Limiter, Registry};
 
-use crate::protocol::{MangaRef, Record, ServerMessage, SystemCode};
+use crate::protocol::{MangaRef, Record, ServerMessage, SystemCode, cursor};
 
 pub struct Fanout {
     pub registry: Registry,
@@ -65,6 +65,7 @@ impl Fanout {
         };
         let seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let origin = self.origin_conn(&event.origin);
+        let cursor = cursor(&event.cursor);
         let mut counts = [0u64; 3];
         let mut send =
             |conn: &Conn, line: &mut Option<Bytes>, make: &dyn Fn() -> Bytes, slot: usize| {
@@ -92,6 +93,7 @@ impl Fanout {
                 let make = |channel: &str| {
                     ServerMessage::ProgressBroadcast {
                         channel,
+                        cursor,
                         data: &record,
                         timestamp,
                     }
@@ -123,6 +125,7 @@ impl Fanout {
                         ServerMessage::ProgressDeleted {
                             id: None,
                             channel: Some("user"),
+                            cursor,
                             data: MangaRef {
                                 manga_id: progress.manga_id,
                             },

@@ -15,8 +15,8 @@ use crate::auth::Identity;
 use crate::backend::Client;
 use crate::fanout::{Conn, Fanout};
 use crate::protocol::{
-    Channel, ChannelRef, ErrorCode, ErrorReply, ListQuery, MangaRef, Record, RecordList, Request,
-    ServerMessage, UpdateCommand,
+    Change, Channel, ChannelRef, Device, ErrorCode, ErrorReply, ListQuery, MangaRef, Record,
+    RecordList, Request, ServerMessage, SyncData, SyncQuery, UpdateCommand, cursor,
 };
 
 /// What every connection's handlers share.
@@ -31,6 +31,8 @@ pub struct Backend {
 pub struct Session {
     pub conn: Conn,
     pub identity: Identity,
+    /// Named in `auth`; sent with every update of this connection.
+    pub device: Option<Device>,
     pub subscriptions: Vec<Channel>,
 }
 
@@ -64,6 +66,7 @@ pub async fn handle(
         Request::GetProgress { manga_id } => get(backend, session, id, manga_id).await,
         Request::ListProgress(query) => list(backend, session, id, query).await,
         Request::DeleteProgress { manga_id } => delete(backend, session, id, manga_id).await,
+        Request::Sync(query) => sync(backend, session, id, query).await,
         Request::Subscribe(channel) => subscribe(backend, session, id, channel),
         Request::Unsubscribe(channel) => {
             if let Some(pos) = session.subscriptions.iter().position(|c| *c == channel) {
@@ -198,7 +201,7 @@ fn update_request(
         force: cmd.force,
         private: cmd.private,
         origin: backend.fanout.origin(session.conn.id()),
-        device: None,
+        device: session.device.as_ref().map(Device::to_string),
     })
 }
 
@@ -206,6 +209,7 @@ fn ack(id: Option<&RawValue>, response: &pb::UpdateProgressResponse) -> Result<R
     Ok(Reply::new(&ServerMessage::ProgressAck {
         id,
         applied: response.applied,
+        cursor: cursor(&response.cursor).filter(|_| response.applied),
         data: record(response.progress.as_ref())?,
     }))
 }
@@ -269,12 +273,56 @@ async fn delete(
         origin: backend.fanout.origin(session.conn.id()),
     };
     let mut client = backend.client.clone();
-    call(backend, "DeleteProgress", client.delete_progress(request)).await?;
+    let response = call(backend, "DeleteProgress", client.delete_progress(request)).await?;
     Ok(Reply::new(&ServerMessage::ProgressDeleted {
         id,
         channel: None,
+        cursor: cursor(&response.cursor),
         data: MangaRef { manga_id },
     }))
+}
+
+async fn sync(
+    backend: &Backend,
+    session: &Session,
+    id: Option<&RawValue>,
+    query: SyncQuery,
+) -> Result<Reply, ErrorReply> {
+    let request = pb::SyncProgressRequest {
+        user_id: session.identity.user_id.to_string(),
+        after: query.cursor.unwrap_or_default(),
+        limit: i32::try_from(query.limit).unwrap_or(1000),
+    };
+    let mut client = backend.client.clone();
+    let response = call(backend, SYNC_PROGRESS, client.sync_progress(request)).await?;
+    let changes = response
+        .changes
+        .iter()
+        .map(change)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Reply::new(&ServerMessage::SyncResult {
+        id,
+        data: SyncData {
+            changes,
+            cursor: response.cursor,
+            more: response.more,
+        },
+    }))
+}
+
+fn change(event: &pb::ProgressEvent) -> Result<Change, ErrorReply> {
+    match (pb::EventKind::try_from(event.kind), &event.progress) {
+        (Ok(pb::EventKind::Updated), progress) => Ok(Change::Updated {
+            data: record(progress.as_ref())?,
+        }),
+        (Ok(pb::EventKind::Deleted), Some(progress)) => Ok(Change::Deleted {
+            manga_id: progress.manga_id,
+        }),
+        _ => {
+            tracing::error!(kind = event.kind, "the progress service answered a malformed change");
+            Err(internal())
+        }
+    }
 }
 
 fn subscribe(
@@ -342,9 +390,21 @@ fn unavailable() -> ErrorReply {
     )
 }
 
+const SYNC_PROGRESS: &str = "SyncProgress";
+
+/// Both cursor errors send the client back to a sync from scratch.
+const CURSOR_EXPIRED: &str = "cursor expired: the changes after it are no longer kept (or it is from another store); sync again without a cursor";
+const CURSOR_MALFORMED: &str =
+    "cursor: not a cursor this service issued; sync again without a cursor";
+
 fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
     match status.code() {
         Code::NotFound => ErrorReply::new(ErrorCode::NotFound, status.message().to_owned()),
+        Code::OutOfRange => ErrorReply::new(ErrorCode::CursorExpired, CURSOR_EXPIRED),
+        // The cursor is the one field of a sync the gateway cannot check.
+        Code::InvalidArgument if method == SYNC_PROGRESS => {
+            ErrorReply::new(ErrorCode::InvalidData, CURSOR_MALFORMED)
+        }
         Code::InvalidArgument => {
             let message = status
                 .message()
@@ -373,6 +433,7 @@ fn code_label(code: Code) -> &'static str {
         Code::Ok => "OK",
         Code::NotFound => "NOT_FOUND",
         Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::OutOfRange => "OUT_OF_RANGE",
         Code::Unavailable => "UNAVAILABLE",
         Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
         Code::Unauthenticated => "UNAUTHENTICATED",

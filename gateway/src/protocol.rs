@@ -4,6 +4,7 @@
 //! exactly (`chapter` module); no value here ever passes through a float.
 
 mod chapter;
+mod device;
 mod request;
 
 use std::borrow::Cow;
@@ -14,7 +15,10 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 pub use chapter::Chapter;
-pub use request::{Channel, DataError, ListQuery, ParseError, Request, UpdateCommand, parse_line};
+pub use device::{Device, DeviceError};
+pub use request::{
+    Channel, DataError, ListQuery, ParseError, Request, SyncQuery, UpdateCommand, parse_line,
+};
 
 /// The `id` of a request, echoed verbatim (string or number text).
 pub type RequestId = Box<RawValue>;
@@ -34,6 +38,7 @@ pub enum ErrorCode {
     TooManySubscriptions,
     Unavailable,
     SlowConsumer,
+    CursorExpired,
     Internal,
 }
 
@@ -52,6 +57,7 @@ impl ErrorCode {
             ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::SlowConsumer => "SLOW_CONSUMER",
+            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
             ErrorCode::Internal => "INTERNAL",
         }
     }
@@ -90,6 +96,9 @@ pub struct Record {
     pub status: String,
     pub version: i64,
     pub updated_at: String,
+    /// The device of the last applied change, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
 }
@@ -114,15 +123,37 @@ impl Record {
             status: p.status.clone(),
             version: p.version,
             updated_at,
+            device: p.device.clone().filter(|d| !d.is_empty()),
             username: None,
         })
     }
+}
+
+/// A change's cursor as clients get it: the service's (opaque, never
+/// parsed here), absent when the service gave none.
+pub fn cursor(text: &str) -> Option<&str> {
+    Some(text).filter(|c| !c.is_empty())
 }
 
 #[derive(Debug, Serialize)]
 pub struct RecordList {
     pub items: Vec<Record>,
     pub next_cursor: Option<String>,
+}
+
+/// One entry of a `sync_result`.
+#[derive(Debug, Serialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Change {
+    Updated { data: Record },
+    Deleted { manga_id: i64 },
+}
+
+#[derive(Debug, Serialize)]
+pub struct SyncData {
+    pub changes: Vec<Change>,
+    pub cursor: String,
+    pub more: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +191,9 @@ pub enum ServerMessage<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<&'a RawValue>,
         applied: bool,
+        /// The change's position, when applied.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
         data: Record,
     },
     Progress {
@@ -177,7 +211,14 @@ pub enum ServerMessage<'a> {
         id: Option<&'a RawValue>,
         #[serde(skip_serializing_if = "Option::is_none")]
         channel: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
         data: MangaRef,
+    },
+    SyncResult {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<&'a RawValue>,
+        data: SyncData,
     },
     Subscribed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -195,6 +236,8 @@ pub enum ServerMessage<'a> {
     },
     ProgressBroadcast {
         channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<&'a str>,
         data: &'a Record,
         timestamp: i64,
     },
@@ -218,6 +261,7 @@ impl<'a> ServerMessage<'a> {
             ServerMessage::Progress { .. } => "progress",
             ServerMessage::ProgressList { .. } => "progress_list",
             ServerMessage::ProgressDeleted { .. } => "progress_deleted",
+            ServerMessage::SyncResult { .. } => "sync_result",
             ServerMessage::Subscribed { .. } => "subscribed",
             ServerMessage::Unsubscribed { .. } => "unsubscribed",
             ServerMessage::Pong { .. } => "pong",

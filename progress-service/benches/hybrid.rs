@@ -85,6 +85,7 @@ fn batch(index: usize, version: i64) -> Batch {
                 status: Status::Reading,
                 version,
                 updated_at: DateTime::from_timestamp_micros(1_700_000_000_000_000 + n).unwrap(),
+                device: None,
             };
             (p, version * 1_000_000_000 + n)
         })

@@ -72,7 +72,12 @@ pub struct Config {
     #[arg(long, env = "BATCH_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub batch_claim_idle: Duration,
 
-    /// Hybrid mode: how long Postgres keeps delete tombstones that order deletes against late batches.
+    /// How long every change and delete stays readable by position (cursors,
+    /// sync, watch resume); older cursors are expired. Delete markers live at least this long.
+    #[arg(long, env = "CHANGE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub change_retention: Duration,
+
+    /// Hybrid mode: how long Postgres keeps delete tombstones that order deletes against late batches (at least CHANGE_RETENTION).
     #[arg(long, env = "TOMBSTONE_RETENTION", default_value = "24h", value_parser = humantime::parse_duration)]
     pub tombstone_retention: Duration,
 

@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 pub const MAX_USER_ID_BYTES: usize = 128;
 pub const MAX_MANGA_ID: i64 = (1 << 53) - 1;
 pub const MAX_PAGE: i32 = 100_000;
+pub const MAX_DEVICE_BYTES: usize = 64;
 const MAX_CHAPTER_HUNDREDTHS: u32 = 100_000 * 100;
 
 /// A rejected input, naming the field at fault.
@@ -162,9 +163,31 @@ impl ProgressKey {
     }
 }
 
+/// 1..128 bytes of UTF-8 without NUL or other control characters, the same
+/// in every storage mode (Postgres cannot store NUL).
 pub fn validate_user_id(user_id: &str) -> Result<(), ValidationError> {
     if user_id.is_empty() || user_id.len() > MAX_USER_ID_BYTES {
         return Err(ValidationError::new("user_id", "must be 1 to 128 bytes"));
+    }
+    if user_id.chars().any(char::is_control) {
+        return Err(ValidationError::new(
+            "user_id",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// A device name: 1..64 bytes of printable UTF-8 (no control characters).
+pub fn validate_device(device: &str) -> Result<(), ValidationError> {
+    if device.is_empty()
+        || device.len() > MAX_DEVICE_BYTES
+        || device.chars().any(char::is_control)
+    {
+        return Err(ValidationError::new(
+            "device",
+            "must be 1 to 64 bytes of printable UTF-8",
+        ));
     }
     Ok(())
 }
@@ -195,6 +218,8 @@ pub struct Progress {
     pub status: Status,
     pub version: i64,
     pub updated_at: DateTime<Utc>,
+    /// The device of the last applied change, when it named one.
+    pub device: Option<String>,
 }
 
 /// A validated update request.
@@ -206,6 +231,8 @@ pub struct UpdateCommand {
     /// `None` keeps the stored status.
     pub status: Option<Status>,
     pub force: bool,
+    /// The device making the change (validated).
+    pub device: Option<String>,
 }
 
 /// The result of merging an update: the resulting stored record either way.
@@ -213,6 +240,8 @@ pub struct UpdateCommand {
 pub struct UpdateOutcome {
     pub applied: bool,
     pub progress: Progress,
+    /// The change-log position of an applied change, set by the store.
+    pub position: Option<i64>,
 }
 
 /// Server time at the precision every store keeps (microseconds).
@@ -244,7 +273,9 @@ pub fn apply_update(
                 status: cmd.status.unwrap_or(Status::Reading),
                 version: 1,
                 updated_at: now,
+                device: cmd.device.clone(),
             },
+            position: None,
         };
     };
     let new_position = (cmd.chapter, cmd.page);
@@ -259,6 +290,7 @@ pub fn apply_update(
         return UpdateOutcome {
             applied: false,
             progress: stored.clone(),
+            position: None,
         };
     }
     let (chapter, page) = if moves { new_position } else { old_position };
@@ -272,7 +304,9 @@ pub fn apply_update(
             status,
             version: stored.version + 1,
             updated_at: now.max(min_next),
+            device: cmd.device.clone(),
         },
+        position: None,
     }
 }
 

@@ -19,6 +19,7 @@ fn cmd(chapter: &str, page: i32, status: Option<Status>, force: bool) -> UpdateC
         page,
         status,
         force,
+        device: None,
     }
 }
 
@@ -30,6 +31,7 @@ fn stored(chapter: &str, page: i32, status: Status, version: i64) -> Progress {
         status,
         version,
         updated_at: t(1_000_000),
+        device: None,
     }
 }
 
@@ -197,4 +199,30 @@ fn updated_at_never_goes_backwards() {
     let s = stored("10", 5, Status::Reading, 3);
     let out = apply_update(Some(&s), &cmd("11", 0, None, false), t(10));
     assert_eq!(out.progress.updated_at, t(1_000_001));
+}
+
+#[test]
+fn an_applied_change_records_its_device_and_a_noop_keeps_the_old_one() {
+    let mut update = cmd("5", 0, None, false);
+    update.device = Some("Phone".into());
+    let out = apply_update(Some(&stored("4", 0, Status::Reading, 1)), &update, t(2_000_000));
+    assert!(out.applied);
+    assert_eq!(out.progress.device.as_deref(), Some("Phone"));
+    let mut stale = cmd("3", 0, None, false);
+    stale.device = Some("Tablet".into());
+    let out2 = apply_update(Some(&out.progress), &stale, t(3_000_000));
+    assert!(!out2.applied);
+    assert_eq!(out2.progress.device.as_deref(), Some("Phone"));
+}
+
+#[test]
+fn user_ids_and_devices_reject_control_characters() {
+    assert!(validate_user_id("al\0ice").is_err());
+    assert!(validate_user_id("bob\n").is_err());
+    assert!(validate_user_id("ünïcode-ok").is_ok());
+    assert!(validate_device("Phone 🍵").is_ok());
+    assert!(validate_device("").is_err());
+    assert!(validate_device(&"x".repeat(65)).is_err());
+    assert!(validate_device(&"x".repeat(64)).is_ok());
+    assert!(validate_device("tab\tlet").is_err());
 }

@@ -40,6 +40,7 @@ impl Application {
                 shards: config.write_shards as usize,
             },
             sqlite_synchronous: config.sqlite_synchronous,
+            change_retention: config.change_retention,
             hybrid: config
                 .redis_url
                 .as_ref()

@@ -1,5 +1,7 @@
 //! `mangahub client …`: a real TCP client of the gateway protocol, for people
 //! (readable lines) and scripts (`--json`: the server's lines as received).
+//! Lines that carry a change's cursor end with `[cursor …]`; pass it to
+//! `client sync --cursor` to get what changed after it.
 
 mod render;
 pub mod session;
@@ -30,6 +32,9 @@ pub struct ClientArgs {
     pub user: Option<String>,
     #[arg(long, env = "JWT_SECRET", hide_env_values = true, global = true)]
     pub jwt_secret: Option<String>,
+    /// Name this device (1..64 bytes); stored with the records it changes.
+    #[arg(long, env = "MANGAHUB_DEVICE", global = true)]
+    pub device: Option<String>,
     /// Print the server's JSON lines instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -78,8 +83,18 @@ pub enum ClientCommand {
         #[arg(long)]
         manga: i64,
     },
-    /// Print events as they arrive: your other devices' updates, plus the
-    /// channels named here.
+    /// What changed after a cursor (deletes included), every page of it,
+    /// then the cursor to pass next time. Without --cursor: everything stored.
+    Sync {
+        /// The last cursor this device saw (from an ack, event or sync).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Changes per request (1..1000, default 500); further pages follow.
+        #[arg(long)]
+        limit: Option<u32>,
+    },
+    /// Print events as they arrive (each with its cursor): your other
+    /// devices' updates, plus the channels named here.
     Watch {
         /// Subscribe to manga:<id> (repeatable).
         #[arg(long)]
@@ -103,7 +118,7 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give --token (or MANGAHUB_TOKEN), or --user with JWT_SECRET"),
     };
-    let mut session = Session::connect(&args.addr, &token).await?;
+    let mut session = Session::connect(&args.addr, &token, args.device.as_deref()).await?;
     let json = args.json;
     let command = args.command.unwrap_or(ClientCommand::Shell);
     let reply = match command {
@@ -142,6 +157,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
                     Some(&format!(r#"{{"manga_id":{manga}}}"#)),
                 )
                 .await?
+        }
+        ClientCommand::Sync { cursor, limit } => {
+            return sync(&mut session, cursor, limit, json).await;
         }
         ClientCommand::Watch {
             manga,
@@ -205,6 +223,49 @@ fn strip_nulls(value: serde_json::Value) -> serde_json::Value {
     match value {
         serde_json::Value::Object(map) => map.into_iter().filter(|(_, v)| !v.is_null()).collect(),
         other => other,
+    }
+}
+
+/// Requests `sync` pages until `more` is false. People get one line per
+/// change and then `cursor: …`; `--json` prints each `sync_result` as received.
+async fn sync(
+    session: &mut Session,
+    mut cursor: Option<String>,
+    limit: Option<u32>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let mut changes = 0;
+    loop {
+        let data = strip_nulls(serde_json::json!({"cursor": cursor, "limit": limit}));
+        let reply = session.request("sync", Some(&data.to_string())).await?;
+        let page = match render::SyncPage::of(&reply) {
+            Some(page) if reply.kind == "sync_result" => page,
+            _ => {
+                print(&reply, json);
+                bail!(
+                    "the gateway answered {}",
+                    reply.code.unwrap_or(reply.kind)
+                );
+            }
+        };
+        if json {
+            println!("{}", reply.raw);
+        } else {
+            for line in page.change_lines() {
+                println!("{line}");
+                changes += 1;
+            }
+        }
+        if !page.more {
+            if !json {
+                if changes == 0 {
+                    println!("no changes");
+                }
+                println!("cursor: {}", page.cursor);
+            }
+            return Ok(());
+        }
+        cursor = Some(page.cursor);
     }
 }
 

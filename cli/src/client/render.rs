@@ -21,6 +21,8 @@ struct Record {
     #[serde(default)]
     updated_at: Option<String>,
     #[serde(default)]
+    device: Option<String>,
+    #[serde(default)]
     username: Option<String>,
 }
 
@@ -42,9 +44,44 @@ impl Record {
             if let Some(at) = &self.updated_at {
                 out += &format!(", {at}");
             }
+            if let Some(device) = &self.device {
+                out += &format!(", from {device}");
+            }
             out += ")";
         }
         out
+    }
+}
+
+/// The `data` of a `sync_result`.
+#[derive(Debug, Deserialize)]
+pub struct SyncPage {
+    changes: Vec<Change>,
+    pub cursor: String,
+    pub more: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Change {
+    Updated { data: Record },
+    Deleted { manga_id: i64 },
+}
+
+impl SyncPage {
+    pub fn of(msg: &Message) -> Option<Self> {
+        data(msg)
+    }
+
+    /// One line per change, oldest first.
+    pub fn change_lines(&self) -> Vec<String> {
+        self.changes
+            .iter()
+            .map(|change| match change {
+                Change::Updated { data } => format!("updated: {}", data.line()),
+                Change::Deleted { manga_id } => format!("deleted: manga {manga_id}"),
+            })
+            .collect()
     }
 }
 
@@ -60,8 +97,17 @@ fn data<T: for<'de> Deserialize<'de>>(msg: &Message) -> Option<T> {
         .and_then(|d| serde_json::from_str(d.get()).ok())
 }
 
-/// One or more lines describing `msg` for a person.
+/// One or more lines describing `msg` for a person; a change's cursor, when
+/// the message carries one, ends its line.
 pub fn human(msg: &Message) -> String {
+    let text = describe(msg);
+    match &msg.cursor {
+        Some(cursor) => format!("{text} [cursor {cursor}]"),
+        None => text,
+    }
+}
+
+fn describe(msg: &Message) -> String {
     match msg.kind.as_str() {
         "progress_ack" => {
             let rec: Option<Record> = data(msg);
@@ -96,6 +142,20 @@ pub fn human(msg: &Message) -> String {
                 None => msg.raw.clone(),
             }
         }
+        "sync_result" => match SyncPage::of(msg) {
+            Some(page) => {
+                let mut lines = page.change_lines();
+                if lines.is_empty() {
+                    lines.push("no changes".into());
+                }
+                lines.push(format!("cursor: {}", page.cursor));
+                if page.more {
+                    lines.push("more changes wait after this cursor: sync again from it".into());
+                }
+                lines.join("\n")
+            }
+            None => msg.raw.clone(),
+        },
         "progress_deleted" => match data::<Record>(msg) {
             Some(r) => format!("deleted: manga {}", r.manga_id),
             None => msg.raw.clone(),

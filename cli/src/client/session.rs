@@ -32,6 +32,9 @@ pub struct Message {
     pub applied: Option<bool>,
     #[serde(default)]
     pub channel: Option<String>,
+    /// The change's position (acks, deletes, events): pass it to `sync`.
+    #[serde(default)]
+    pub cursor: Option<String>,
     #[serde(default)]
     pub data: Option<Box<RawValue>>,
     /// The line as received, for `--json` output.
@@ -69,7 +72,8 @@ pub struct Session {
 }
 
 impl Session {
-    pub async fn connect(addr: &str, token: &str) -> anyhow::Result<Self> {
+    /// Connects and authenticates; `device` names this device to the gateway.
+    pub async fn connect(addr: &str, token: &str, device: Option<&str>) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connecting to the gateway at {addr}"))?;
@@ -82,7 +86,12 @@ impl Session {
             pending: Default::default(),
             user_id: String::new(),
         };
-        let auth = serde_json::json!({"type": "auth", "data": {"token": token}});
+        let auth = match device {
+            Some(device) => {
+                serde_json::json!({"type": "auth", "data": {"token": token, "device": device}})
+            }
+            None => serde_json::json!({"type": "auth", "data": {"token": token}}),
+        };
         session.send_line(&auth.to_string()).await?;
         let reply = session
             .read()

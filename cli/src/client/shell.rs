@@ -24,6 +24,7 @@ const PROMPT: &str = "mangahub> ";
 const HELP: &str = "commands:
   update <manga> <chapter> [page] [status]   save progress
   get <manga> | delete <manga> | list
+  sync [cursor]                                what changed after a cursor (none: everything)
   sub <manga>|global  /  unsub <manga>|global
   ping | help | quit
   {…}                                          any raw JSON line
@@ -221,6 +222,10 @@ fn parse(line: &str) -> anyhow::Result<Action> {
         Some("help") => Action::Help,
         Some("ping") => Action::Send(r#"{"type":"ping"}"#.into()),
         Some("list") => Action::Send(r#"{"type":"list_progress"}"#.into()),
+        Some("sync") => Action::Send(match words.get(1) {
+            Some(cursor) => msg("sync", serde_json::json!({ "cursor": cursor }).to_string()),
+            None => r#"{"type":"sync"}"#.into(),
+        }),
         Some("get") => Action::Send(msg(
             "get_progress",
             format!(r#"{{"manga_id":{}}}"#, manga(1)?),
@@ -276,6 +281,11 @@ mod tests {
         assert_eq!(
             sent("unsub 7"),
             r#"{"type":"unsubscribe","data":{"manga_id":7}}"#
+        );
+        assert_eq!(sent("sync"), r#"{"type":"sync"}"#);
+        assert_eq!(
+            sent("sync c-1"),
+            r#"{"type":"sync","data":{"cursor":"c-1"}}"#
         );
         assert_eq!(sent(r#"{"type":"ping"}"#), r#"{"type":"ping"}"#);
         assert!(matches!(parse("quit"), Ok(Action::Quit)));

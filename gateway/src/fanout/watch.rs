@@ -1,8 +1,15 @@
-//! Holds the one `WatchProgress` stream of this gateway. When it breaks (the
+//! Holds the one `WatchProgress` stream of this gateway and remembers the
+//! cursor of the last event it delivered. When the stream breaks (the
 //! service restarted, the network failed, or the gateway lagged and the
-//! service ended the stream) it is re-opened with exponential backoff, and
-//! every authenticated connection is told `RESYNC`: events of the gap are
-//! lost, so clients re-read with `list_progress`.
+//! service ended the stream) it is re-opened with exponential backoff and
+//! `after` = that cursor: the service replays what the gap held, so clients
+//! notice nothing.
+//!
+//! `RESYNC` goes to every authenticated connection only when resuming is
+//! impossible: the service refused the cursor (expired — older than its
+//! retention, or from a wiped store), or the old stream ended before it
+//! carried a single cursor. The stream is then re-opened live, and `RESYNC`
+//! is sent once it is up, so a client that re-reads misses nothing after it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +17,7 @@ use std::time::Duration;
 use mangahub_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status, Streaming};
 
 use super::Fanout;
 use crate::backend::Client;
@@ -17,9 +25,21 @@ use crate::protocol::SystemCode;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
+const RESYNC_MESSAGE: &str = "events may have been missed; re-read with sync (without a cursor) or list_progress";
+
 pub struct WatchSettings {
     pub open_timeout: Duration,
     pub retry_max: Duration,
+}
+
+/// How one stream (or the attempt to open it) ended.
+enum Ended {
+    /// The gateway is stopping.
+    Stopped,
+    /// Broken or unreachable: try again later from the same cursor.
+    Broke,
+    /// The service cannot resume from the cursor: start over live.
+    CursorRefused,
 }
 
 pub async fn run(
@@ -31,60 +51,112 @@ pub async fn run(
 ) {
     let mut delay = FIRST_RETRY;
     let mut opened_before = false;
+    // The cursor of the last event delivered; `None` until one arrives.
+    let mut last: Option<String> = None;
     loop {
+        let after = last.clone().unwrap_or_default();
+        let request = pb::WatchProgressRequest {
+            after: after.clone(),
+            ..Default::default()
+        };
         let opened = tokio::select! {
             () = stop.cancelled() => return,
-            opened = tokio::time::timeout(
-                settings.open_timeout,
-                client.watch_progress(pb::WatchProgressRequest::default()),
-            ) => opened,
+            opened = tokio::time::timeout(settings.open_timeout, client.watch_progress(request)) => opened,
         };
-        match opened {
+        let ended = match opened {
             Ok(Ok(response)) => {
-                let mut stream = response.into_inner();
                 ready.send_replace(true);
                 delay = FIRST_RETRY;
-                if opened_before {
-                    metrics::counter!("gateway_watch_reconnects_total").increment(1);
-                    tracing::info!("event stream re-established; asking clients to resync");
-                    fanout.broadcast_system(
-                        SystemCode::Resync,
-                        "events may have been missed; re-read with list_progress",
-                    );
-                } else {
-                    tracing::info!("event stream up; gateway ready");
-                }
+                announce(&fanout, opened_before, !after.is_empty());
                 opened_before = true;
-                loop {
-                    let message = tokio::select! {
-                        () = stop.cancelled() => return,
-                        message = stream.message() => message,
-                    };
-                    match message {
-                        Ok(Some(event)) => fanout.deliver(&event),
-                        Ok(None) => {
-                            tracing::warn!("event stream ended");
-                            break;
-                        }
-                        Err(status) => {
-                            tracing::warn!(code = ?status.code(), message = status.message(), "event stream broke");
-                            break;
-                        }
-                    }
-                }
+                let stream = response.into_inner();
+                let ended = follow(&fanout, stream, &mut last, !after.is_empty(), &stop).await;
                 ready.send_replace(false);
+                ended
             }
             Ok(Err(status)) => {
                 tracing::warn!(code = ?status.code(), message = status.message(), retry_in = ?delay, "cannot open the event stream");
+                classify(&status, !after.is_empty())
             }
             Err(_) => {
                 tracing::warn!(retry_in = ?delay, "opening the event stream timed out");
+                Ended::Broke
             }
+        };
+        match ended {
+            Ended::Stopped => return,
+            Ended::CursorRefused if last.is_some() => {
+                tracing::warn!("the event stream cannot resume from its cursor; re-opening live");
+                last = None;
+                continue;
+            }
+            Ended::CursorRefused | Ended::Broke => {}
         }
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(delay) => {}
         }
         delay = (delay * 2).min(settings.retry_max.max(FIRST_RETRY));
+    }
+}
+
+/// Logs a stream that just opened and, when it is live after an earlier
+/// stream (no cursor to resume from), tells every client to resync.
+fn announce(fanout: &Fanout, opened_before: bool, resumed: bool) {
+    if !opened_before {
+        tracing::info!("event stream up; gateway ready");
+        return;
+    }
+    metrics::counter!("gateway_watch_reconnects_total").increment(1);
+    if resumed {
+        metrics::counter!("gateway_watch_resumes_total").increment(1);
+        tracing::info!("event stream resumed from the last delivered event");
+    } else {
+        metrics::counter!("gateway_resyncs_total").increment(1);
+        tracing::warn!("event stream re-established without a cursor; asking clients to resync");
+        fanout.broadcast_system(SystemCode::Resync, RESYNC_MESSAGE);
+    }
+}
+
+/// Delivers events until the stream ends, keeping `last` at the cursor of
+/// the latest one. `resumed`: the stream was opened with a cursor.
+async fn follow(
+    fanout: &Fanout,
+    mut stream: Streaming<pb::ProgressEvent>,
+    last: &mut Option<String>,
+    resumed: bool,
+    stop: &CancellationToken,
+) -> Ended {
+    loop {
+        let message = tokio::select! {
+            () = stop.cancelled() => return Ended::Stopped,
+            message = stream.message() => message,
+        };
+        match message {
+            Ok(Some(event)) => {
+                fanout.deliver(&event);
+                if !event.cursor.is_empty() {
+                    *last = Some(event.cursor);
+                }
+            }
+            Ok(None) => {
+                tracing::warn!("event stream ended");
+                return Ended::Broke;
+            }
+            Err(status) => {
+                tracing::warn!(code = ?status.code(), message = status.message(), "event stream broke");
+                return classify(&status, resumed);
+            }
+        }
+    }
+}
+
+/// `OUT_OF_RANGE` is the service's "expired cursor"; `INVALID_ARGUMENT` for
+/// a request with a cursor means it does not know the cursor at all.
+fn classify(status: &Status, had_cursor: bool) -> Ended {
+    match status.code() {
+        Code::OutOfRange => Ended::CursorRefused,
+        Code::InvalidArgument if had_cursor => Ended::CursorRefused,
+        _ => Ended::Broke,
     }
 }

@@ -8,10 +8,13 @@ use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
 use super::chapter::{Chapter, ChapterError};
+use super::device::Device;
 use super::{ErrorCode, ErrorReply, RequestId};
 
 const MAX_MANGA_ID: i64 = (1 << 53) - 1;
 const MAX_PAGE: i64 = 100_000;
+const DEFAULT_LIST_LIMIT: u32 = 100;
+const DEFAULT_SYNC_LIMIT: u32 = 500;
 const STATUSES: [&str; 5] = ["reading", "completed", "on_hold", "dropped", "plan_to_read"];
 
 /// A subscription target.
@@ -48,13 +51,26 @@ pub struct ListQuery {
     pub cursor: Option<String>,
 }
 
+/// A `sync`: the changes after `cursor` (none: the full current state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncQuery {
+    pub cursor: Option<String>,
+    pub limit: u32,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Auth { token: Option<String> },
+    /// A bad `device` fails the authentication, so it is kept for the
+    /// `auth_response` rather than refused as `INVALID_DATA`.
+    Auth {
+        token: Option<String>,
+        device: Result<Option<Device>, DataError>,
+    },
     ProgressUpdate(UpdateCommand),
     GetProgress { manga_id: i64 },
     ListProgress(ListQuery),
     DeleteProgress { manga_id: i64 },
+    Sync(SyncQuery),
     Subscribe(Channel),
     Unsubscribe(Channel),
     Ping,
@@ -68,6 +84,7 @@ impl Request {
             Request::GetProgress { .. } => "get_progress",
             Request::ListProgress(_) => "list_progress",
             Request::DeleteProgress { .. } => "delete_progress",
+            Request::Sync(_) => "sync",
             Request::Subscribe(_) => "subscribe",
             Request::Unsubscribe(_) => "unsubscribe",
             Request::Ping => "ping",
@@ -80,6 +97,12 @@ impl Request {
 pub struct DataError {
     pub field: &'static str,
     pub message: String,
+}
+
+impl std::fmt::Display for DataError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
 }
 
 impl DataError {
@@ -190,11 +213,9 @@ pub fn parse_line(line: &[u8]) -> (Option<RequestId>, Result<Request, ParseError
             ErrorCode::UnknownType,
             format!("unknown message type {kind:?}"),
         ),
-        RequestError::Data(err) => ParseError::new(
-            id.clone(),
-            ErrorCode::InvalidData,
-            format!("{}: {}", err.field, err.message),
-        ),
+        RequestError::Data(err) => {
+            ParseError::new(id.clone(), ErrorCode::InvalidData, err.to_string())
+        }
     });
     (id, request)
 }
@@ -222,6 +243,8 @@ struct Fields<'a> {
     #[serde(borrow, default)]
     token: Option<&'a RawValue>,
     #[serde(borrow, default)]
+    device: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     manga_id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     chapter: Option<&'a RawValue>,
@@ -245,55 +268,63 @@ struct Fields<'a> {
     channel: Option<&'a RawValue>,
 }
 
+/// The one list of request types: the type picks how its `data` is read;
+/// `data` is parsed only for a known type, so an unknown one is always
+/// `UNKNOWN_TYPE`.
 fn parse_request(kind: &str, data: Option<&RawValue>) -> Result<Request, RequestError> {
-    let known = matches!(
-        kind,
-        "auth"
-            | "progress_update"
-            | "get_progress"
-            | "list_progress"
-            | "delete_progress"
-            | "subscribe"
-            | "unsubscribe"
-            | "ping"
-    );
-    if !known {
-        return Err(RequestError::UnknownType);
-    }
-    let f: Fields<'_> = match data {
+    let parse: fn(Fields<'_>) -> Result<Request, DataError> = match kind {
+        "auth" => |f| {
+            Ok(Request::Auth {
+                token: opt_string("token", f.token).ok().flatten(),
+                device: device(f.device),
+            })
+        },
+        "progress_update" => |f| {
+            Ok(Request::ProgressUpdate(UpdateCommand {
+                manga_id: manga_id(f.manga_id)?,
+                chapter: chapter(f.chapter)?,
+                page: page(f.page)?,
+                status: status(f.status)?,
+                force: opt_bool("force", f.force)?,
+                private: opt_bool("private", f.private)?,
+                user_id: opt_string("user_id", f.user_id)?,
+            }))
+        },
+        "get_progress" => |f| {
+            Ok(Request::GetProgress {
+                manga_id: manga_id(f.manga_id)?,
+            })
+        },
+        "list_progress" => |f| {
+            Ok(Request::ListProgress(ListQuery {
+                updated_since: updated_since(f.updated_since)?,
+                limit: limit(f.limit, DEFAULT_LIST_LIMIT)?,
+                cursor: cursor(f.cursor)?,
+            }))
+        },
+        "delete_progress" => |f| {
+            Ok(Request::DeleteProgress {
+                manga_id: manga_id(f.manga_id)?,
+            })
+        },
+        "sync" => |f| {
+            Ok(Request::Sync(SyncQuery {
+                cursor: cursor(f.cursor)?,
+                limit: limit(f.limit, DEFAULT_SYNC_LIMIT)?,
+            }))
+        },
+        "subscribe" => |f| Ok(Request::Subscribe(channel(f.manga_id, f.channel)?)),
+        "unsubscribe" => |f| Ok(Request::Unsubscribe(channel(f.manga_id, f.channel)?)),
+        "ping" => |_| Ok(Request::Ping),
+        _ => return Err(RequestError::UnknownType),
+    };
+    let fields = match data {
         None => Fields::default(),
         Some(raw) if raw.get().starts_with('{') => serde_json::from_str(raw.get())
             .map_err(|err| DataError::new("data", err.to_string()))?,
         Some(_) => return Err(DataError::new("data", "must be an object").into()),
     };
-    Ok(match kind {
-        "auth" => Request::Auth {
-            token: opt_string("token", f.token).ok().flatten(),
-        },
-        "progress_update" => Request::ProgressUpdate(UpdateCommand {
-            manga_id: manga_id(f.manga_id)?,
-            chapter: chapter(f.chapter)?,
-            page: page(f.page)?,
-            status: status(f.status)?,
-            force: opt_bool("force", f.force)?,
-            private: opt_bool("private", f.private)?,
-            user_id: opt_string("user_id", f.user_id)?,
-        }),
-        "get_progress" => Request::GetProgress {
-            manga_id: manga_id(f.manga_id)?,
-        },
-        "list_progress" => Request::ListProgress(ListQuery {
-            updated_since: updated_since(f.updated_since)?,
-            limit: limit(f.limit)?,
-            cursor: opt_string("cursor", f.cursor)?.filter(|c| !c.is_empty()),
-        }),
-        "delete_progress" => Request::DeleteProgress {
-            manga_id: manga_id(f.manga_id)?,
-        },
-        "subscribe" => Request::Subscribe(channel(f.manga_id, f.channel)?),
-        "unsubscribe" => Request::Unsubscribe(channel(f.manga_id, f.channel)?),
-        _ => Request::Ping,
-    })
+    Ok(parse(fields)?)
 }
 
 fn int(field: &'static str, raw: &RawValue, min: i64, max: i64) -> Result<i64, DataError> {
@@ -367,12 +398,23 @@ fn updated_since(
         .map_err(|_| DataError::new("updated_since", "must be an RFC 3339 timestamp"))
 }
 
-fn limit(raw: Option<&RawValue>) -> Result<u32, DataError> {
+fn limit(raw: Option<&RawValue>, default: u32) -> Result<u32, DataError> {
     match raw {
-        None => Ok(100),
+        None => Ok(default),
         Some(raw) => int("limit", raw, 1, 1000)
             .and_then(|l| u32::try_from(l).map_err(|_| DataError::new("limit", "out of range"))),
     }
+}
+
+/// An opaque cursor; an empty one counts as absent.
+fn cursor(raw: Option<&RawValue>) -> Result<Option<String>, DataError> {
+    Ok(opt_string("cursor", raw)?.filter(|c| !c.is_empty()))
+}
+
+fn device(raw: Option<&RawValue>) -> Result<Option<Device>, DataError> {
+    opt_string("device", raw)?
+        .map(|name| Device::parse(&name).map_err(|err| DataError::new("device", err.to_string())))
+        .transpose()
 }
 
 fn channel(manga: Option<&RawValue>, channel: Option<&RawValue>) -> Result<Channel, DataError> {

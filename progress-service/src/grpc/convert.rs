@@ -3,6 +3,7 @@
 use chrono::{DateTime, Utc};
 use mangahub_proto::v1 as pb;
 
+use crate::changelog::LogCursor;
 use crate::domain::{self, ProgressKey, UpdateCommand, ValidationError};
 use crate::events::{Change, ChangeEvent};
 
@@ -32,7 +33,7 @@ pub fn progress(p: &domain::Progress) -> pb::Progress {
         status: p.status.as_str().to_owned(),
         version: p.version,
         updated_at: Some(timestamp(p.updated_at)),
-        device: None,
+        device: p.device.clone(),
     }
 }
 
@@ -47,10 +48,16 @@ pub fn update_command(req: &pb::UpdateProgressRequest) -> Result<UpdateCommand, 
         page: domain::validate_page(i64::from(req.page))?,
         status: req.status.as_deref().map(str::parse).transpose()?,
         force: req.force,
+        device: req
+            .device
+            .as_ref()
+            .map(|d| domain::validate_device(d).map(|()| d.clone()))
+            .transpose()?,
     })
 }
 
-pub fn event(ev: &ChangeEvent) -> pb::ProgressEvent {
+/// The event as sent, with its position as a cursor of log `epoch`.
+pub fn event(ev: &ChangeEvent, epoch: &str) -> pb::ProgressEvent {
     let (kind, progress) = match &ev.change {
         Change::Updated(p) => (pb::EventKind::Updated, progress(p)),
         Change::Deleted(key) => (
@@ -67,6 +74,14 @@ pub fn event(ev: &ChangeEvent) -> pb::ProgressEvent {
         progress: Some(progress),
         origin: ev.meta.origin.clone(),
         private: ev.meta.private,
-        cursor: String::new(),
+        cursor: cursor(epoch, ev.position),
     }
+}
+
+pub fn cursor(epoch: &str, position: i64) -> String {
+    LogCursor {
+        epoch: epoch.to_owned(),
+        position,
+    }
+    .encode()
 }

@@ -11,14 +11,19 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use crate::changelog::{LogCursor, LogError, LogPage, LogQuery};
 use crate::domain::{ProgressKey, UpdateOutcome, validate_user_id};
-use crate::events::{ChangeEvent, EventBus};
+use crate::events::{ChangeEvent, EventBus, Subscription};
 use crate::store::{Cursor, DynStore, ListQuery, WriteMeta};
 
 const DEFAULT_PAGE_SIZE: u32 = 100;
 const MAX_PAGE_SIZE: u32 = 1000;
 /// Most updates one `UpdateProgressBatch` call may carry.
 const MAX_BATCH_UPDATES: usize = 1000;
+const DEFAULT_SYNC_LIMIT: usize = 500;
+const MAX_SYNC_LIMIT: usize = 1000;
+/// Changes one replay read takes.
+const REPLAY_PAGE: usize = 1000;
 /// Events queued per watch stream between the event bus and HTTP/2.
 const WATCH_STREAM_QUEUE: usize = 1024;
 
@@ -54,7 +59,7 @@ impl ProgressService for ProgressApi {
             private: req.private,
         };
         let out = timed("update", self.store.update(cmd, meta)).await?;
-        Ok(Response::new(applied(&out)))
+        Ok(Response::new(applied(&out, self.store.epoch())))
     }
 
     #[tracing::instrument(skip_all, fields(updates = request.get_ref().updates.len()))]
@@ -91,7 +96,9 @@ impl ProgressService for ProgressApi {
             .into_iter()
             .map(|answered| {
                 let result = answered.unwrap_or_else(|| match outcomes.next() {
-                    Some(Ok(out)) => pb::update_progress_result::Result::Ok(applied(&out)),
+                    Some(Ok(out)) => {
+                        pb::update_progress_result::Result::Ok(applied(&out, self.store.epoch()))
+                    }
                     Some(Err(err)) => batch_error(Status::from(err)),
                     None => batch_error(Status::internal("batch outcome out of step")),
                 });
@@ -171,18 +178,47 @@ impl ProgressService for ProgressApi {
             origin: req.origin,
             private: false,
         };
-        if timed("delete", self.store.delete(key.clone(), meta)).await? {
-            Ok(Response::new(pb::DeleteProgressResponse { cursor: String::new() }))
-        } else {
-            Err(not_found(&key))
+        match timed("delete", self.store.delete(key.clone(), meta)).await? {
+            Some(position) => Ok(Response::new(pb::DeleteProgressResponse {
+                cursor: convert::cursor(self.store.epoch(), position),
+            })),
+            None => Err(not_found(&key)),
         }
     }
 
+    /// One page of a user's changes after a cursor (deletes included), or
+    /// of the full state when `after` is empty.
     async fn sync_progress(
         &self,
-        _request: Request<pb::SyncProgressRequest>,
+        request: Request<pb::SyncProgressRequest>,
     ) -> Result<Response<pb::SyncProgressResponse>, Status> {
-        Err(Status::unimplemented("sync is being built"))
+        let req = request.into_inner();
+        validate_user_id(&req.user_id)?;
+        let limit = match usize::try_from(req.limit) {
+            Ok(0) => DEFAULT_SYNC_LIMIT,
+            Ok(n) if n <= MAX_SYNC_LIMIT => n,
+            _ => return Err(Status::invalid_argument("limit: must be between 0 and 1000")),
+        };
+        let (after, deletes) = match req.after.as_str() {
+            "" => (0, false),
+            text => (self.position_of(text)?, true),
+        };
+        let query = LogQuery {
+            user_id: Some(req.user_id),
+            after,
+            limit: limit + 1,
+            deletes,
+        };
+        let mut page = timed("sync", self.store.read_log(&query)).await?;
+        let more = page.changes.len() > limit;
+        page.changes.truncate(limit);
+        let next = page.next_after(limit, after);
+        let epoch = self.store.epoch();
+        Ok(Response::new(pb::SyncProgressResponse {
+            changes: page.changes.iter().map(|e| convert::event(e, epoch)).collect(),
+            cursor: convert::cursor(epoch, next),
+            more,
+        }))
     }
 
     type WatchProgressStream = ReceiverStream<Result<pb::ProgressEvent, Status>>;
@@ -196,21 +232,55 @@ impl ProgressService for ProgressApi {
             users: req.user_ids.into_iter().collect(),
             mangas: req.manga_ids.into_iter().collect(),
         });
-        let events = self.events.subscribe();
+        // Subscribed before the backlog is read: a change committed while it
+        // is read arrives live too, and is skipped there by position.
+        let subscription = self.events.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_STREAM_QUEUE);
-        tokio::spawn(forward_events(events, filter, tx, self.shutdown.clone()));
+        let replay = match req.after.as_str() {
+            "" => None,
+            text => {
+                let after = self.position_of(text)?;
+                // The first page is read here, so an expired cursor fails the call.
+                let query = filter.log_query(after);
+                let first = timed("watch_replay", self.store.read_log(&query)).await?;
+                Some((query, first))
+            }
+        };
+        let watcher = Watcher {
+            store: self.store.clone(),
+            filter,
+            tx,
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(watcher.run(subscription, replay));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
+impl ProgressApi {
+    /// The position of a cursor given as `after`; one of another log
+    /// (another database, or a wiped one) is expired.
+    fn position_of(&self, text: &str) -> Result<i64, Status> {
+        let cursor = LogCursor::decode("after", text)?;
+        if cursor.epoch != self.store.epoch() {
+            return Err(LogError::Expired.into());
+        }
+        Ok(cursor.position)
+    }
+}
+
 /// The response for one update, counted in `progress_updates_total{applied}`.
-fn applied(out: &UpdateOutcome) -> pb::UpdateProgressResponse {
+fn applied(out: &UpdateOutcome, epoch: &str) -> pb::UpdateProgressResponse {
     metrics::counter!("progress_updates_total", "applied" => if out.applied { "true" } else { "false" })
         .increment(1);
     pb::UpdateProgressResponse {
         applied: out.applied,
         progress: Some(convert::progress(&out.progress)),
-        cursor: String::new(),
+        cursor: out
+            .position
+            .filter(|_| out.applied)
+            .map(|p| convert::cursor(epoch, p))
+            .unwrap_or_default(),
     }
 }
 
@@ -248,37 +318,95 @@ impl WatchFilter {
         (self.users.is_empty() || self.users.contains(&key.user_id))
             && (self.mangas.is_empty() || self.mangas.contains(&key.manga_id))
     }
+
+    /// The log read a replay starts with: one user's changes when the
+    /// filter names exactly one, else everyone's (filtered here).
+    fn log_query(&self, after: i64) -> LogQuery {
+        let user_id = match self.users.len() {
+            1 => self.users.iter().next().cloned(),
+            _ => None,
+        };
+        LogQuery {
+            user_id,
+            after,
+            limit: REPLAY_PAGE,
+            deletes: true,
+        }
+    }
 }
 
-/// Moves matching events to one watcher. Writers never wait for it: when it
-/// falls `WATCH_BUFFER` events behind, the stream ends with `RESOURCE_EXHAUSTED`
-/// and the watcher resynchronises.
-async fn forward_events(
-    mut events: broadcast::Receiver<Arc<ChangeEvent>>,
+/// Moves matching changes to one watcher: first the replay after its
+/// cursor, page by page, then live events past the replay's end. Writers
+/// never wait for it: when it falls `WATCH_BUFFER` events behind, the stream
+/// ends with `RESOURCE_EXHAUSTED` and the watcher resumes from its cursor.
+struct Watcher {
+    store: DynStore,
     filter: Arc<WatchFilter>,
     tx: mpsc::Sender<Result<pb::ProgressEvent, Status>>,
     shutdown: CancellationToken,
-) {
-    loop {
-        let item = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tx.closed() => return,
-            received = events.recv() => match received {
-                Ok(ev) if filter.matches(&ev) => Ok(convert::event(&ev)),
-                Ok(_) => continue,
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    metrics::counter!("progress_watch_lagged_total").increment(1);
-                    Err(Status::resource_exhausted(format!(
-                        "watcher fell {missed} events behind; resync and watch again"
-                    )))
+}
+
+impl Watcher {
+    async fn run(self, mut sub: Subscription, replay: Option<(LogQuery, LogPage)>) {
+        let epoch = self.store.epoch().to_owned();
+        // Live events at or before this position were in the replay.
+        let mut seen = i64::MIN;
+        if let Some((mut query, mut page)) = replay {
+            loop {
+                let after = query.after;
+                let full = page.changes.len() >= query.limit;
+                for ev in &page.changes {
+                    if self.filter.matches(ev) && !self.send(Ok(convert::event(ev, &epoch))).await {
+                        return;
+                    }
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
-        };
-        let last = item.is_err();
+                query.after = page.next_after(query.limit, after);
+                seen = query.after;
+                if !full {
+                    break;
+                }
+                page = match timed("watch_replay", self.store.read_log(&query)).await {
+                    Ok(page) => page,
+                    Err(err) => {
+                        self.send(Err(err.into())).await;
+                        return;
+                    }
+                };
+            }
+        }
+        loop {
+            let item = tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = self.tx.closed() => return,
+                _ = sub.gaps.changed() => Err(Status::unavailable(
+                    "the change feed was interrupted; watch again from your last cursor",
+                )),
+                received = sub.events.recv() => match received {
+                    Ok(ev) if ev.position > seen && self.filter.matches(&ev) => {
+                        Ok(convert::event(&ev, &epoch))
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        metrics::counter!("progress_watch_lagged_total").increment(1);
+                        Err(Status::resource_exhausted(format!(
+                            "watcher fell {missed} events behind; watch again from your last cursor"
+                        )))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+            };
+            let last = item.is_err();
+            if !self.send(item).await || last {
+                return;
+            }
+        }
+    }
+
+    /// `false` when the watcher is gone or the service is stopping.
+    async fn send(&self, item: Result<pb::ProgressEvent, Status>) -> bool {
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            sent = tx.send(item) => if sent.is_err() || last { return },
+            _ = self.shutdown.cancelled() => false,
+            sent = self.tx.send(item) => sent.is_ok(),
         }
     }
 }

@@ -2,6 +2,7 @@
 
 use tonic::Status;
 
+use crate::changelog::LogError;
 use crate::domain::ValidationError;
 use crate::store::StoreError;
 
@@ -22,6 +23,15 @@ impl From<StoreError> for Status {
                 tracing::error!(error = %msg, "storage error");
                 Status::internal("internal storage error")
             }
+        }
+    }
+}
+
+impl From<LogError> for Status {
+    fn from(err: LogError) -> Self {
+        match err {
+            LogError::Expired => Status::out_of_range(format!("after: {err}")),
+            LogError::Store(err) => err.into(),
         }
     }
 }

@@ -16,8 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
-use crate::events::{Change, ChangeEvent, EventBus};
-use crate::store::{StoreError, WriteMeta};
+use crate::events::{Change, ChangeEvent, EventBus, WriteMeta};
+use crate::store::StoreError;
 
 const QUEUE_PER_SHARD: usize = 4096;
 const MAX_CONFLICT_RETRIES: usize = 16;
@@ -30,16 +30,34 @@ pub struct GroupCommitConfig {
     pub shards: usize,
 }
 
-/// Row writes for one batch, each guarded by the version loaded for it.
+/// Row writes for one batch, each guarded by the version loaded for it and
+/// stamped with the position offset of its record's last change.
 #[derive(Debug, Default)]
 pub(crate) struct Writes {
-    pub inserts: Vec<Progress>,
-    pub updates: Vec<(Progress, i64)>,
-    pub deletes: Vec<(ProgressKey, i64)>,
+    pub inserts: Vec<(Progress, Stamp)>,
+    pub updates: Vec<(Progress, i64, Stamp)>,
+    pub deletes: Vec<(ProgressKey, i64, Stamp)>,
+    /// Positions the batch takes: one per applied change, in order.
+    pub positions: i32,
+}
+
+impl Writes {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty() && self.updates.is_empty() && self.deletes.is_empty()
+    }
+}
+
+/// A row's place in the batch's positions (1-based; the store adds its base)
+/// and who made its last change.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stamp {
+    pub offset: i32,
+    pub meta: WriteMeta,
 }
 
 pub(crate) enum Committed {
-    Yes,
+    /// Written; the batch's positions follow `base`.
+    Yes { base: i64 },
     /// A guard did not match: the transaction was rolled back.
     Conflict,
 }
@@ -65,7 +83,7 @@ enum Op {
     Delete {
         key: ProgressKey,
         meta: WriteMeta,
-        reply: oneshot::Sender<Result<bool, StoreError>>,
+        reply: oneshot::Sender<Result<Option<i64>, StoreError>>,
     },
 }
 
@@ -80,7 +98,8 @@ impl Op {
 
 enum Outcome {
     Update(UpdateOutcome),
-    Delete(bool),
+    /// The delete's position offset, when the record existed.
+    Delete(Option<i64>),
 }
 
 pub(crate) struct GroupCommit {
@@ -89,7 +108,13 @@ pub(crate) struct GroupCommit {
 }
 
 impl GroupCommit {
-    pub fn start(sql: Arc<dyn SqlBatch>, events: EventBus, config: GroupCommitConfig) -> Self {
+    /// `events`: publish each committed change (a single-process store);
+    /// `None` where a log tailer publishes them (Postgres).
+    pub fn start(
+        sql: Arc<dyn SqlBatch>,
+        events: Option<EventBus>,
+        config: GroupCommitConfig,
+    ) -> Self {
         let mut senders = Vec::new();
         let mut tasks = Vec::new();
         for _ in 0..config.shards.max(1) {
@@ -153,7 +178,11 @@ impl GroupCommit {
         Ok(answer)
     }
 
-    pub async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
+    pub async fn delete(
+        &self,
+        key: ProgressKey,
+        meta: WriteMeta,
+    ) -> Result<Option<i64>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.submit(&key.clone(), Op::Delete { key, meta, reply })
             .await?;
@@ -188,7 +217,7 @@ fn closed() -> StoreError {
 
 struct Writer {
     sql: Arc<dyn SqlBatch>,
-    events: EventBus,
+    events: Option<EventBus>,
     max_batch: usize,
 }
 
@@ -223,9 +252,10 @@ impl Writer {
                 })
                 .await;
             match attempt {
-                Ok(Committed::Yes) => {
-                    result =
-                        planned.ok_or_else(|| StoreError::Internal("batch was not planned".into()));
+                Ok(Committed::Yes { base }) => {
+                    result = planned
+                        .map(|(outcomes, events)| (outcomes, events, base))
+                        .ok_or_else(|| StoreError::Internal("batch was not planned".into()));
                     break;
                 }
                 Ok(Committed::Conflict) => continue,
@@ -236,12 +266,15 @@ impl Writer {
             }
         }
         match result {
-            Ok((outcomes, events)) => {
-                for event in events {
-                    self.events.publish(event);
+            Ok((outcomes, events, base)) => {
+                if let Some(bus) = &self.events {
+                    for mut event in events {
+                        event.position += base;
+                        bus.publish(event);
+                    }
                 }
                 for (op, outcome) in ops.drain(..).zip(outcomes) {
-                    reply(op, Ok(outcome));
+                    reply(op, Ok(outcome.positioned(base)));
                 }
             }
             Err(err) => {
@@ -250,6 +283,19 @@ impl Writer {
                     reply(op, Err(err.clone()));
                 }
             }
+        }
+    }
+}
+
+impl Outcome {
+    /// Turns position offsets into positions.
+    fn positioned(self, base: i64) -> Self {
+        match self {
+            Outcome::Update(mut out) => {
+                out.position = out.position.map(|offset| base + offset);
+                Outcome::Update(out)
+            }
+            Outcome::Delete(offset) => Outcome::Delete(offset.map(|offset| base + offset)),
         }
     }
 }
@@ -272,48 +318,75 @@ fn mismatch() -> StoreError {
 
 /// Applies `ops` in order to the loaded rows: the outcome of each op, the
 /// events to publish, and the row writes that make the final state durable.
+/// Positions are offsets 1.. in the order the changes were applied; the
+/// store adds the base it took when it committed.
 fn plan(
     ops: &[Op],
     loaded: &Loaded,
     now: chrono::DateTime<chrono::Utc>,
 ) -> (Writes, Vec<Outcome>, Vec<ChangeEvent>) {
-    let mut state: HashMap<&ProgressKey, Option<Progress>> = HashMap::new();
+    let mut state: HashMap<&ProgressKey, (Option<Progress>, Stamp)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut events = Vec::new();
+    let mut offset: i32 = 0;
     for op in ops {
         let key = op.key();
-        let current = state.entry(key).or_insert_with(|| loaded.get(key).cloned());
+        let (current, stamp) = state
+            .entry(key)
+            .or_insert_with(|| (loaded.get(key).cloned(), Stamp::default()));
         match op {
             Op::Update { cmd, meta, .. } => {
-                let out = domain::apply_update(current.as_ref(), cmd, now);
+                let mut out = domain::apply_update(current.as_ref(), cmd, now);
                 if out.applied {
+                    offset += 1;
                     *current = Some(out.progress.clone());
+                    *stamp = Stamp {
+                        offset,
+                        meta: meta.clone(),
+                    };
+                    out.position = Some(i64::from(offset));
                     events.push(ChangeEvent {
                         change: Change::Updated(out.progress.clone()),
                         meta: meta.clone(),
+                        position: i64::from(offset),
                     });
                 }
                 outcomes.push(Outcome::Update(out));
             }
             Op::Delete { meta, .. } => {
-                let existed = current.take().is_some();
-                if existed {
+                if current.take().is_some() {
+                    offset += 1;
+                    *stamp = Stamp {
+                        offset,
+                        meta: meta.clone(),
+                    };
                     events.push(ChangeEvent {
                         change: Change::Deleted(key.clone()),
                         meta: meta.clone(),
+                        position: i64::from(offset),
                     });
+                    outcomes.push(Outcome::Delete(Some(i64::from(offset))));
+                } else {
+                    outcomes.push(Outcome::Delete(None));
                 }
-                outcomes.push(Outcome::Delete(existed));
             }
         }
     }
-    let mut writes = Writes::default();
-    for (key, last) in state {
+    let mut writes = Writes {
+        positions: offset,
+        ..Writes::default()
+    };
+    for (key, (last, stamp)) in state {
+        if stamp.offset == 0 {
+            continue;
+        }
         match (loaded.get(key), last) {
-            (None, Some(p)) => writes.inserts.push(p),
-            (Some(before), Some(p)) if *before != p => writes.updates.push((p, before.version)),
-            (Some(before), None) => writes.deletes.push((key.clone(), before.version)),
-            _ => {}
+            (None, Some(p)) => writes.inserts.push((p, stamp)),
+            (Some(before), Some(p)) => writes.updates.push((p, before.version, stamp)),
+            (Some(before), None) => writes.deletes.push((key.clone(), before.version, stamp)),
+            // Created and deleted within the batch: its delete is in the log
+            // only as the event; no row, no marker needed.
+            (None, None) => {}
         }
     }
     (writes, outcomes, events)

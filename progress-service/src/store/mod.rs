@@ -15,6 +15,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome, ValidationError};
+use crate::changelog::{LogError, LogPage, LogQuery};
+pub use crate::events::WriteMeta;
 use crate::events::EventBus;
 
 pub use group_commit::GroupCommitConfig;
@@ -90,13 +92,6 @@ pub struct ListQuery {
     pub limit: u32,
 }
 
-/// Who asked for a write, carried onto its event.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct WriteMeta {
-    pub origin: String,
-    pub private: bool,
-}
-
 #[async_trait]
 pub trait ProgressStore: Send + Sync + 'static {
     /// Applies the update durably and publishes an event when it was applied.
@@ -122,8 +117,15 @@ pub trait ProgressStore: Send + Sync + 'static {
     async fn get(&self, key: &ProgressKey) -> Result<Option<Progress>, StoreError>;
     /// One page in `(updated_at, manga_id)` order.
     async fn list(&self, query: &ListQuery) -> Result<Vec<Progress>, StoreError>;
-    /// Removes the record; `false` when there was none. Publishes a delete event.
-    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError>;
+    /// Removes the record; the delete's position, or `None` when there was
+    /// none. Publishes a delete event.
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta)
+    -> Result<Option<i64>, StoreError>;
+    /// The change log's epoch (part of every cursor).
+    fn epoch(&self) -> &str;
+    /// Changes after a position (see `changelog`); `Expired` when changes
+    /// after it may no longer all be kept.
+    async fn read_log(&self, query: &LogQuery) -> Result<LogPage, LogError>;
     /// Cheap reachability check for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Finishes every accepted write, then stops. Later writes fail `Unavailable`.
@@ -138,6 +140,8 @@ pub struct StoreConfig {
     pub db_max_connections: u32,
     pub group_commit: GroupCommitConfig,
     pub sqlite_synchronous: crate::config::SqliteSync,
+    /// How long changes and delete markers stay readable by position.
+    pub change_retention: std::time::Duration,
     /// Set (with a Postgres URL) selects the hybrid Redis + Postgres store.
     pub hybrid: Option<hybrid::HybridConfig>,
 }

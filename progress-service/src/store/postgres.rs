@@ -1,7 +1,9 @@
 //! Postgres alone: the `user_progress` table of contract §3, written by the
 //! group-commit engine with one statement per kind of write per batch, each
 //! row guarded by the version it was planned against (other replicas may
-//! write the same rows).
+//! write the same rows). Positions come from a counter row locked until
+//! commit; every replica's `Tailer` follows the log (woken by NOTIFY) and
+//! publishes each change, so watchers on any replica see every change.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,19 +11,24 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
-use super::group_commit::{Committed, GroupCommit, Loaded, SqlBatch, Writes};
+use sqlx::postgres::PgListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::group_commit::{Committed, GroupCommit, Loaded, SqlBatch, Stamp, Writes};
 use super::row_cache::RowCache;
-use super::rows::{ProgressRow, into_records};
+use super::rows::{LogRow, ProgressRow, into_events, into_records};
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta};
+use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome};
-use crate::events::EventBus;
+use crate::events::{ChangeEvent, EventBus};
 
 /// Reads map NUMERIC(10,2) and TIMESTAMPTZ to exact integers, never floats.
 macro_rules! select_rows {
     () => {
         "SELECT user_id, manga_id,
            (current_chapter * 100)::int8 AS chapter_hundredths, page, status, version,
-           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us
+           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, device
            FROM user_progress"
     };
 }
@@ -40,6 +47,9 @@ macro_rules! from_micros {
 pub struct PostgresStore {
     pool: PgPool,
     writer: GroupCommit,
+    epoch: String,
+    stop: CancellationToken,
+    tailer: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 pub async fn connect(config: &StoreConfig) -> anyhow::Result<PgPool> {
@@ -52,16 +62,249 @@ pub async fn connect(config: &StoreConfig) -> anyhow::Result<PgPool> {
     Ok(pool)
 }
 
+/// Every replica publishes every change from the log (its own included),
+/// so watchers on any replica see all of them in position order.
 pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<PostgresStore> {
     let pool = connect(config).await?;
+    // The counter continues above every position in the tables (they may
+    // have been written by the hybrid store, whose positions Redis assigns).
+    let (epoch, head): (String, i64) = sqlx::query_as(
+        "UPDATE progress_change_log SET last_position = GREATEST(last_position,
+           (SELECT COALESCE(max(change_seq), 0) FROM user_progress),
+           (SELECT COALESCE(max(change_seq), 0) FROM progress_tombstones))
+         WHERE id = 1 RETURNING epoch, last_position",
+    )
+    .fetch_one(&pool)
+    .await?;
     let batch = Arc::new(PgBatch {
         pool: pool.clone(),
         cache: RowCache::default(),
     });
+    let stop = CancellationToken::new();
+    let tailer = tokio::spawn(
+        Tailer {
+            pool: pool.clone(),
+            events,
+            retention: config.change_retention,
+            stop: stop.clone(),
+        }
+        .run(head),
+    );
     Ok(PostgresStore {
-        writer: GroupCommit::start(batch, events, config.group_commit),
+        writer: GroupCommit::start(batch, None, config.group_commit),
         pool,
+        epoch,
+        stop,
+        tailer: tokio::sync::Mutex::new(Some(tailer)),
     })
+}
+
+/// Columns of a change read from the log: records, then delete markers that
+/// no later record of the same key supersedes.
+macro_rules! log_rows {
+    ($user_filter:literal) => {
+        concat!(
+            "SELECT * FROM (
+               (SELECT false AS deleted, user_id, manga_id,
+                  (current_chapter * 100)::int8 AS chapter_hundredths, page, status, version,
+                  (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, device,
+                  change_seq, origin, private
+                  FROM user_progress
+                 WHERE change_seq > $1 AND change_seq <= $2 ",
+            $user_filter,
+            " ORDER BY change_seq LIMIT $3)
+               UNION ALL
+               (SELECT true, user_id, manga_id, 0::int8, 0, 'reading', 0::int8, 0::int8,
+                  NULL::text, change_seq, origin, false
+                  FROM progress_tombstones AS d
+                 WHERE $5 AND change_seq > $1 AND change_seq <= $2 ",
+            $user_filter,
+            " AND NOT EXISTS (SELECT 1 FROM user_progress AS r
+                                 WHERE r.user_id = d.user_id AND r.manga_id = d.manga_id
+                                   AND r.change_seq > d.change_seq)
+                 ORDER BY change_seq LIMIT $3)
+             ) AS c ORDER BY change_seq LIMIT $3"
+        )
+    };
+}
+
+/// The log's head (last position) and the newest position a pruned delete
+/// marker had.
+pub(crate) async fn log_bounds(pool: &PgPool) -> Result<(i64, i64), StoreError> {
+    Ok(sqlx::query_as(
+        "SELECT last_position, pruned_through FROM progress_change_log WHERE id = 1",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Changes in `(query.after, head]` from the tables, in position order.
+/// `Expired` when a delete marker after `query.after` may have been pruned.
+pub(crate) async fn read_log_rows(
+    pool: &PgPool,
+    query: &LogQuery,
+    head: i64,
+    pruned_through: i64,
+) -> Result<Vec<ChangeEvent>, LogError> {
+    if query.deletes && query.after < pruned_through {
+        return Err(LogError::Expired);
+    }
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    let rows: Vec<LogRow> = match &query.user_id {
+        Some(user) => {
+            sqlx::query_as(log_rows!("AND user_id = $4"))
+                .bind(query.after)
+                .bind(head)
+                .bind(limit)
+                .bind(user)
+                .bind(query.deletes)
+                .fetch_all(pool)
+                .await?
+        }
+        None => {
+            sqlx::query_as(log_rows!("AND $4::text IS NULL"))
+                .bind(query.after)
+                .bind(head)
+                .bind(limit)
+                .bind(None::<String>)
+                .bind(query.deletes)
+                .fetch_all(pool)
+                .await?
+        }
+    };
+    Ok(into_events(rows)?)
+}
+
+/// Drops delete markers older than `retention` (and, in hybrid mode, below
+/// `floor`, the oldest change still queued), remembering the newest position
+/// dropped: cursors below it are expired.
+pub(crate) async fn prune_tombstones(
+    pool: &PgPool,
+    retention: Duration,
+    floor: i64,
+) -> Result<u64, StoreError> {
+    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
+    let (pruned,): (i64,) = sqlx::query_as(
+        "WITH gone AS (
+           DELETE FROM progress_tombstones
+            WHERE deleted_at < now() - $1 * INTERVAL '1 second' AND change_seq < $2
+           RETURNING change_seq
+         ), mark AS (
+           UPDATE progress_change_log
+              SET pruned_through = GREATEST(pruned_through, (SELECT max(change_seq) FROM gone))
+            WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)
+         )
+         SELECT count(*) FROM gone",
+    )
+    .bind(secs)
+    .bind(floor)
+    .fetch_one(pool)
+    .await?;
+    Ok(u64::try_from(pruned).unwrap_or(0))
+}
+
+/// Channel the write function notifies on commit.
+const CHANGES_CHANNEL: &str = "mangahub_changes";
+/// Most changes one log read takes.
+const TAIL_PAGE: usize = 1000;
+/// Reads the log this often even without a notification (a notification
+/// can be missed while the listening connection reconnects).
+const TAIL_POLL: Duration = Duration::from_millis(500);
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Follows the log from a position and publishes every change in order.
+struct Tailer {
+    pool: PgPool,
+    events: EventBus,
+    retention: Duration,
+    stop: CancellationToken,
+}
+
+impl Tailer {
+    async fn run(self, mut position: i64) {
+        let mut listener = None;
+        let mut last_prune: Option<std::time::Instant> = None;
+        let mut backoff = crate::retry::Backoff::default();
+        while !self.stop.is_cancelled() {
+            if listener.is_none() {
+                match PgListener::connect_with(&self.pool).await {
+                    Ok(mut l) => match l.listen(CHANGES_CHANNEL).await {
+                        Ok(()) => listener = Some(l),
+                        Err(err) => tracing::warn!(error = %err, "cannot LISTEN for changes"),
+                    },
+                    Err(err) => tracing::warn!(error = %err, "cannot connect the change listener"),
+                }
+            }
+            match self.drain(position).await {
+                Ok(next) => {
+                    position = next;
+                    backoff.reset();
+                }
+                Err(LogError::Expired) => {
+                    // Offline past the retention: changes may be gone.
+                    tracing::error!(position, "change log pruned past this replica's position");
+                    self.events.interrupt();
+                    if let Ok((head, _)) = log_bounds(&self.pool).await {
+                        position = head;
+                    }
+                }
+                Err(LogError::Store(err)) => {
+                    tracing::warn!(error = %err, "reading the change log failed; retrying");
+                    tokio::select! {
+                        () = self.stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
+                    }
+                    continue;
+                }
+            }
+            if last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                last_prune = Some(std::time::Instant::now());
+                match prune_tombstones(&self.pool, self.retention, i64::MAX).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(pruned = n, "delete markers past the retention dropped"),
+                    Err(err) => tracing::warn!(error = %err, "pruning delete markers failed"),
+                }
+            }
+            let woke = async {
+                match listener.as_mut() {
+                    Some(l) => l.recv().await.map(drop),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = self.stop.cancelled() => return,
+                woke = woke => if let Err(err) = woke {
+                    tracing::warn!(error = %err, "change listener lost; reconnecting");
+                    listener = None;
+                },
+                () = tokio::time::sleep(TAIL_POLL) => {}
+            }
+        }
+    }
+
+    /// Publishes every change after `position`; the position reached.
+    async fn drain(&self, mut position: i64) -> Result<i64, LogError> {
+        loop {
+            let (head, pruned) = log_bounds(&self.pool).await?;
+            let query = LogQuery {
+                user_id: None,
+                after: position,
+                limit: TAIL_PAGE,
+                deletes: true,
+            };
+            let changes = read_log_rows(&self.pool, &query, head, pruned).await?;
+            let page = LogPage { changes, head };
+            let next = page.next_after(TAIL_PAGE, position);
+            let full = page.changes.len() >= TAIL_PAGE;
+            for event in page.changes {
+                self.events.publish(event);
+            }
+            position = next;
+            if !full {
+                return Ok(position);
+            }
+        }
+    }
 }
 
 pub(crate) async fn get_row(
@@ -130,8 +373,25 @@ impl ProgressStore for PostgresStore {
         list_rows(&self.pool, query).await
     }
 
-    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        key: ProgressKey,
+        meta: WriteMeta,
+    ) -> Result<Option<i64>, StoreError> {
         self.writer.delete(key, meta).await
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    async fn read_log(&self, query: &LogQuery) -> Result<LogPage, LogError> {
+        let (head, pruned) = log_bounds(&self.pool).await?;
+        if query.after > head {
+            return Err(LogError::Expired);
+        }
+        let changes = read_log_rows(&self.pool, query, head, pruned).await?;
+        Ok(LogPage { changes, head })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -141,12 +401,18 @@ impl ProgressStore for PostgresStore {
 
     async fn close(&self) {
         self.writer.close().await;
+        self.stop.cancel();
+        if let Some(tailer) = self.tailer.lock().await.take() {
+            // The tailer publishes what the writer committed before stopping.
+            let _ = tailer.await;
+        }
         self.pool.close().await;
     }
 }
 
 /// One batch's writes as parallel arrays for `UNNEST`; `op` is 0 insert,
-/// 1 update, 2 delete, and `guard` the version the row must still have.
+/// 1 update, 2 delete, `guard` the version the row must still have and `pos`
+/// the position offset of the row's last change.
 #[derive(Default)]
 struct WriteArrays {
     user_ids: Vec<String>,
@@ -158,10 +424,14 @@ struct WriteArrays {
     updated_at_us: Vec<i64>,
     guards: Vec<i64>,
     ops: Vec<i16>,
+    positions: Vec<i32>,
+    devices: Vec<Option<String>>,
+    origins: Vec<String>,
+    privates: Vec<bool>,
 }
 
 impl WriteArrays {
-    fn push(&mut self, key: &ProgressKey, row: Option<&Progress>, guard: i64, op: i16) {
+    fn push(&mut self, key: &ProgressKey, row: Option<&Progress>, guard: i64, op: i16, stamp: &Stamp) {
         self.user_ids.push(key.user_id.clone());
         self.manga_ids.push(key.manga_id);
         self.chapters
@@ -174,57 +444,34 @@ impl WriteArrays {
             .push(row.map_or(0, |p| p.updated_at.timestamp_micros()));
         self.guards.push(guard);
         self.ops.push(op);
+        self.positions.push(stamp.offset);
+        self.devices.push(row.and_then(|p| p.device.clone()));
+        self.origins.push(stamp.meta.origin.clone());
+        self.privates.push(stamp.meta.private);
     }
 
     fn from_writes(writes: &Writes) -> Self {
         let mut arrays = Self::default();
-        for p in &writes.inserts {
-            arrays.push(&p.key, Some(p), 0, 0);
+        for (p, stamp) in &writes.inserts {
+            arrays.push(&p.key, Some(p), 0, 0, stamp);
         }
-        for (p, guard) in &writes.updates {
-            arrays.push(&p.key, Some(p), *guard, 1);
+        for (p, guard, stamp) in &writes.updates {
+            arrays.push(&p.key, Some(p), *guard, 1, stamp);
         }
-        for (key, guard) in &writes.deletes {
-            arrays.push(key, None, *guard, 2);
+        for (key, guard, stamp) in &writes.deletes {
+            arrays.push(key, None, *guard, 2, stamp);
         }
         arrays
     }
 }
 
-/// Every write of a batch in one statement, so it commits on its own in one
-/// round trip; `mangahub_assert_written` aborts all of it if any guard missed.
-const WRITE_BATCH: &str = concat!(
-    "WITH x AS (
-       SELECT * FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[],
-                            $6::int8[], $7::int8[], $8::int8[], $9::int2[])
-         AS x(u, m, c, p, s, v, t, ev, op)
-     ),
-     ins AS (
-       INSERT INTO user_progress (user_id, manga_id, current_chapter, page, status, version, updated_at)
-       SELECT u, m, c::numeric / 100, p, s, v, ",
-    from_micros!("t"),
-    " FROM x WHERE op = 0
-       ON CONFLICT (user_id, manga_id) DO NOTHING
-       RETURNING 1
-     ),
-     upd AS (
-       UPDATE user_progress AS r SET current_chapter = x.c::numeric / 100, page = x.p,
-         status = x.s, version = x.v, updated_at = ",
-    from_micros!("x.t"),
-    " FROM x WHERE x.op = 1 AND r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev
-       RETURNING 1
-     ),
-     del AS (
-       DELETE FROM user_progress AS r USING x
-        WHERE x.op = 2 AND r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev
-       RETURNING 1
-     )
-     SELECT mangahub_assert_written(
-       (SELECT count(*) FROM ins) + (SELECT count(*) FROM upd) + (SELECT count(*) FROM del),
-       cardinality($1::text[]))"
-);
+/// Every write of a batch in one call of `mangahub_write_batch` (migration
+/// 0004), so it commits on its own in one round trip.
+const WRITE_BATCH: &str = "SELECT mangahub_write_batch($1::text[], $2::int8[], $3::int8[],
+    $4::int4[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int2[], $10::int4[],
+    $11::text[], $12::text[], $13::bool[], $14::int4)";
 
-/// SQLSTATE raised by `mangahub_assert_written` (serialization_failure).
+/// SQLSTATE raised by the write function when a guard missed (serialization_failure).
 const GUARD_MISSED: &str = "40001";
 
 struct PgBatch {
@@ -256,12 +503,12 @@ impl SqlBatch for PgBatch {
             loaded.extend(into_records(rows)?.into_iter().map(|p| (p.key.clone(), p)));
         }
         let writes = plan(&loaded);
-        if writes.inserts.is_empty() && writes.updates.is_empty() && writes.deletes.is_empty() {
+        if writes.is_empty() {
             self.cache.remember(loaded.into_values());
-            return Ok(Committed::Yes);
+            return Ok(Committed::Yes { base: 0 });
         }
         let a = WriteArrays::from_writes(&writes);
-        let result = sqlx::query(WRITE_BATCH)
+        let result: Result<(i64,), sqlx::Error> = sqlx::query_as(WRITE_BATCH)
             .bind(&a.user_ids)
             .bind(&a.manga_ids)
             .bind(&a.chapters)
@@ -271,12 +518,17 @@ impl SqlBatch for PgBatch {
             .bind(&a.updated_at_us)
             .bind(&a.guards)
             .bind(&a.ops)
-            .execute(&self.pool)
+            .bind(&a.positions)
+            .bind(&a.devices)
+            .bind(&a.origins)
+            .bind(&a.privates)
+            .bind(writes.positions)
+            .fetch_one(&self.pool)
             .await;
         match result {
-            Ok(_) => {
+            Ok((base,)) => {
                 self.cache.committed(loaded, writes);
-                Ok(Committed::Yes)
+                Ok(Committed::Yes { base })
             }
             Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some(GUARD_MISSED) => {
                 self.cache.forget(keys);

@@ -52,9 +52,10 @@ impl RowCache {
         let written = writes
             .inserts
             .into_iter()
-            .chain(writes.updates.into_iter().map(|(p, _)| p));
+            .map(|(p, _)| p)
+            .chain(writes.updates.into_iter().map(|(p, _, _)| p));
         self.remember(loaded.into_values().chain(written));
-        let deleted: Vec<ProgressKey> = writes.deletes.into_iter().map(|(k, _)| k).collect();
+        let deleted: Vec<ProgressKey> = writes.deletes.into_iter().map(|(k, _, _)| k).collect();
         self.forget(&deleted);
     }
 

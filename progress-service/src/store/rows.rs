@@ -1,8 +1,10 @@
-//! The row shape both SQL stores read, and its conversion to the domain record.
+//! The row shapes both SQL stores read, and their conversion to the domain
+//! record and to change-log events.
 
 use chrono::DateTime;
 
 use crate::domain::{Chapter, Progress, ProgressKey};
+use crate::events::{Change, ChangeEvent, WriteMeta};
 use crate::store::StoreError;
 
 #[derive(Debug, sqlx::FromRow)]
@@ -14,6 +16,7 @@ pub(crate) struct ProgressRow {
     pub status: String,
     pub version: i64,
     pub updated_at_us: i64,
+    pub device: Option<String>,
 }
 
 impl TryFrom<ProgressRow> for Progress {
@@ -33,10 +36,50 @@ impl TryFrom<ProgressRow> for Progress {
             version: row.version,
             updated_at: DateTime::from_timestamp_micros(row.updated_at_us)
                 .ok_or_else(|| corrupt("updated_at"))?,
+            device: row.device,
         })
     }
 }
 
 pub(crate) fn into_records(rows: Vec<ProgressRow>) -> Result<Vec<Progress>, StoreError> {
     rows.into_iter().map(Progress::try_from).collect()
+}
+
+/// One change read from the log: a record at its last change, or a delete
+/// marker (`deleted`, with only the key of `row` meaningful).
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct LogRow {
+    pub deleted: bool,
+    #[sqlx(flatten)]
+    pub row: ProgressRow,
+    pub change_seq: i64,
+    pub origin: String,
+    pub private: bool,
+}
+
+impl TryFrom<LogRow> for ChangeEvent {
+    type Error = StoreError;
+
+    fn try_from(log: LogRow) -> Result<Self, StoreError> {
+        let change = if log.deleted {
+            Change::Deleted(ProgressKey {
+                user_id: log.row.user_id,
+                manga_id: log.row.manga_id,
+            })
+        } else {
+            Change::Updated(Progress::try_from(log.row)?)
+        };
+        Ok(ChangeEvent {
+            change,
+            meta: WriteMeta {
+                origin: log.origin,
+                private: log.private,
+            },
+            position: log.change_seq,
+        })
+    }
+}
+
+pub(crate) fn into_events(rows: Vec<LogRow>) -> Result<Vec<ChangeEvent>, StoreError> {
+    rows.into_iter().map(ChangeEvent::try_from).collect()
 }

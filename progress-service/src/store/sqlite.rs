@@ -1,6 +1,7 @@
 //! Embedded store on a SQLite file (WAL). One writer connection runs the
 //! group-commit transactions (`BEGIN IMMEDIATE`, so nothing else can write
-//! between load and write); a small pool serves reads.
+//! between load and write); a small pool serves reads. The one writer also
+//! assigns change-log positions, in commit order, and publishes each change.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -14,23 +15,33 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Sqlite};
 
-use super::group_commit::{Committed, GroupCommit, GroupCommitConfig, Loaded, SqlBatch, Writes};
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use super::group_commit::{
+    Committed, GroupCommit, GroupCommitConfig, Loaded, SqlBatch, Stamp, Writes,
+};
 use super::row_cache::RowCache;
-use super::rows::{ProgressRow, into_records};
+use super::rows::{LogRow, ProgressRow, into_events, into_records};
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta};
+use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::config::SqliteSync;
-use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome};
+use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
 use crate::events::EventBus;
 
 macro_rules! columns {
     () => {
-        "user_id, manga_id, chapter_hundredths, page, status, version, updated_at_us"
+        "user_id, manga_id, chapter_hundredths, page, status, version, updated_at_us, device"
     };
 }
 
 pub struct SqliteStore {
     reads: SqlitePool,
     writer: GroupCommit,
+    batch: Arc<SqliteBatch>,
+    epoch: String,
+    stop: CancellationToken,
     _lock: std::fs::File,
 }
 
@@ -58,19 +69,79 @@ pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<Sqli
         .max_connections(config.db_max_connections.clamp(1, 8))
         .connect_with(options.read_only(true))
         .await?;
+    // This process is the file's only writer: positions continue from the
+    // last one any batch recorded.
+    let (epoch, head): (String, i64) = sqlx::query_as(
+        "SELECT epoch, max(last_position, pruned_through,
+           (SELECT COALESCE(max(change_seq), 0) FROM user_progress),
+           (SELECT COALESCE(max(change_seq), 0) FROM progress_tombstones))
+           FROM progress_change_log WHERE id = 1",
+    )
+    .fetch_one(&write_pool)
+    .await?;
     let batch = Arc::new(SqliteBatch {
         pool: write_pool,
         cache: RowCache::default(),
+        head: AtomicI64::new(head),
     });
     let group_commit = GroupCommitConfig {
         shards: 1,
         ..config.group_commit
     };
+    let stop = CancellationToken::new();
+    tokio::spawn(prune_loop(
+        batch.clone(),
+        config.change_retention,
+        stop.clone(),
+    ));
     Ok(SqliteStore {
         reads,
-        writer: GroupCommit::start(batch, events, group_commit),
+        writer: GroupCommit::start(batch.clone(), Some(events), group_commit),
+        batch,
+        epoch,
+        stop,
         _lock: lock,
     })
+}
+
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Drops delete markers older than the retention every minute.
+async fn prune_loop(batch: Arc<SqliteBatch>, retention: Duration, stop: CancellationToken) {
+    loop {
+        match batch.prune(retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "delete markers past the retention dropped"),
+            Err(err) => tracing::warn!(error = %err, "pruning delete markers failed"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(PRUNE_EVERY) => {}
+        }
+    }
+}
+
+/// Records, then delete markers no later record of the key supersedes.
+macro_rules! log_rows {
+    ($user_filter:literal) => {
+        concat!(
+            "SELECT * FROM (
+               SELECT 0 AS deleted, ",
+            columns!(),
+            ", change_seq, origin, private FROM user_progress
+                WHERE change_seq > ?1 AND change_seq <= ?2 ",
+            $user_filter,
+            " UNION ALL
+               SELECT 1, user_id, manga_id, 0, 0, 'reading', 0, 0, NULL, change_seq, origin, 0
+                 FROM progress_tombstones AS d
+                WHERE ?5 AND change_seq > ?1 AND change_seq <= ?2 ",
+            $user_filter,
+            " AND NOT EXISTS (SELECT 1 FROM user_progress AS r
+                                 WHERE r.user_id = d.user_id AND r.manga_id = d.manga_id
+                                   AND r.change_seq > d.change_seq)
+             ) ORDER BY change_seq LIMIT ?3"
+        )
+    };
 }
 
 #[async_trait]
@@ -124,8 +195,49 @@ impl ProgressStore for SqliteStore {
         into_records(rows)
     }
 
-    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        key: ProgressKey,
+        meta: WriteMeta,
+    ) -> Result<Option<i64>, StoreError> {
         self.writer.delete(key, meta).await
+    }
+
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    async fn read_log(&self, query: &LogQuery) -> Result<LogPage, LogError> {
+        // Everything up to `head` is committed (the writer moves it after COMMIT).
+        let head = self.batch.head.load(Ordering::Acquire);
+        if query.after > head {
+            return Err(LogError::Expired);
+        }
+        if query.deletes {
+            let (pruned,): (i64,) =
+                sqlx::query_as("SELECT pruned_through FROM progress_change_log WHERE id = 1")
+                    .fetch_one(&self.reads)
+                    .await?;
+            if query.after < pruned {
+                return Err(LogError::Expired);
+            }
+        }
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let rows: Vec<LogRow> = match &query.user_id {
+            Some(_) => sqlx::query_as(log_rows!("AND user_id = ?4")),
+            None => sqlx::query_as(log_rows!("AND ?4 IS NULL")),
+        }
+        .bind(query.after)
+        .bind(head)
+        .bind(limit)
+        .bind(query.user_id.as_deref())
+        .bind(query.deletes)
+        .fetch_all(&self.reads)
+        .await?;
+        Ok(LogPage {
+            changes: into_events(rows)?,
+            head,
+        })
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -134,6 +246,7 @@ impl ProgressStore for SqliteStore {
     }
 
     async fn close(&self) {
+        self.stop.cancel();
         self.writer.close().await;
         self.reads.close().await;
     }
@@ -142,6 +255,8 @@ impl ProgressStore for SqliteStore {
 struct SqliteBatch {
     pool: SqlitePool,
     cache: RowCache,
+    /// The last position committed.
+    head: AtomicI64,
 }
 
 impl SqliteBatch {
@@ -162,62 +277,133 @@ impl SqliteBatch {
         into_records(rows)
     }
 
-    /// Writes a planned batch atomically: one statement when it only upserts,
-    /// else one transaction.
-    async fn write(&self, writes: &Writes) -> Result<(), StoreError> {
-        let upserts: Vec<&Progress> = writes
+    /// Writes a planned batch in one transaction, positions after `base`,
+    /// and records the last position taken.
+    async fn write(&self, writes: &Writes, base: i64) -> Result<(), StoreError> {
+        let upserts: Vec<(&Progress, &Stamp)> = writes
             .inserts
             .iter()
-            .chain(writes.updates.iter().map(|(p, _)| p))
+            .map(|(p, s)| (p, s))
+            .chain(writes.updates.iter().map(|(p, _, s)| (p, s)))
             .collect();
         let mut conn = self.pool.acquire().await?;
-        let in_tx = !writes.deletes.is_empty();
-        if in_tx {
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        }
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
         let result = async {
             if !upserts.is_empty() {
                 let mut insert = QueryBuilder::<Sqlite>::new(concat!(
                     "INSERT INTO user_progress (",
                     columns!(),
-                    ") "
+                    ", change_seq, origin, private) "
                 ));
-                insert.push_values(upserts, |mut row, p| {
+                insert.push_values(upserts, |mut row, (p, stamp)| {
                     row.push_bind(&p.key.user_id)
                         .push_bind(p.key.manga_id)
                         .push_bind(p.chapter.hundredths())
                         .push_bind(p.page)
                         .push_bind(p.status.as_str())
                         .push_bind(p.version)
-                        .push_bind(p.updated_at.timestamp_micros());
+                        .push_bind(p.updated_at.timestamp_micros())
+                        .push_bind(p.device.as_deref())
+                        .push_bind(base + i64::from(stamp.offset))
+                        .push_bind(stamp.meta.origin.as_str())
+                        .push_bind(stamp.meta.private);
                 });
                 insert.push(
                     " ON CONFLICT (user_id, manga_id) DO UPDATE SET
                        chapter_hundredths = excluded.chapter_hundredths, page = excluded.page,
                        status = excluded.status, version = excluded.version,
-                       updated_at_us = excluded.updated_at_us",
+                       updated_at_us = excluded.updated_at_us, device = excluded.device,
+                       change_seq = excluded.change_seq, origin = excluded.origin,
+                       private = excluded.private",
                 );
                 insert.build().execute(&mut *conn).await?;
             }
-            for (key, _) in &writes.deletes {
+            for (p, _) in &writes.inserts {
+                // A record created again drops its delete marker.
+                sqlx::query("DELETE FROM progress_tombstones WHERE user_id = ? AND manga_id = ?")
+                    .bind(&p.key.user_id)
+                    .bind(p.key.manga_id)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+            let now_us = domain::now().timestamp_micros();
+            for (key, _, stamp) in &writes.deletes {
                 sqlx::query("DELETE FROM user_progress WHERE user_id = ? AND manga_id = ?")
                     .bind(&key.user_id)
                     .bind(key.manga_id)
                     .execute(&mut *conn)
                     .await?;
+                sqlx::query(
+                    "INSERT INTO progress_tombstones (user_id, manga_id, change_seq, origin, deleted_at_us)
+                     VALUES (?, ?, ?, ?, ?)
+                     ON CONFLICT (user_id, manga_id) DO UPDATE SET change_seq = excluded.change_seq,
+                       origin = excluded.origin, deleted_at_us = excluded.deleted_at_us",
+                )
+                .bind(&key.user_id)
+                .bind(key.manga_id)
+                .bind(base + i64::from(stamp.offset))
+                .bind(stamp.meta.origin.as_str())
+                .bind(now_us)
+                .execute(&mut *conn)
+                .await?;
             }
+            sqlx::query("UPDATE progress_change_log SET last_position = ? WHERE id = 1")
+                .bind(base + i64::from(writes.positions))
+                .execute(&mut *conn)
+                .await?;
             Ok::<_, sqlx::Error>(())
         }
         .await;
-        match (in_tx, result) {
-            (true, Ok(())) => sqlx::query("COMMIT").execute(&mut *conn).await.map(drop)?,
-            (true, Err(err)) => {
+        match result {
+            Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(drop)?,
+            Err(err) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 return Err(err.into());
             }
-            (false, result) => result?,
         }
         Ok(())
+    }
+
+    /// Drops delete markers older than `retention`, remembering the newest
+    /// position dropped (cursors below it are expired).
+    async fn prune(&self, retention: Duration) -> Result<u64, StoreError> {
+        let cutoff = domain::now().timestamp_micros()
+            - i64::try_from(retention.as_micros()).unwrap_or(i64::MAX);
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let result = async {
+            let (newest,): (Option<i64>,) = sqlx::query_as(
+                "SELECT max(change_seq) FROM progress_tombstones WHERE deleted_at_us < ?",
+            )
+            .bind(cutoff)
+            .fetch_one(&mut *conn)
+            .await?;
+            let gone = sqlx::query("DELETE FROM progress_tombstones WHERE deleted_at_us < ?")
+                .bind(cutoff)
+                .execute(&mut *conn)
+                .await?
+                .rows_affected();
+            if let Some(newest) = newest {
+                sqlx::query(
+                    "UPDATE progress_change_log SET pruned_through = max(pruned_through, ?) WHERE id = 1",
+                )
+                .bind(newest)
+                .execute(&mut *conn)
+                .await?;
+            }
+            Ok::<_, sqlx::Error>(gone)
+        }
+        .await;
+        match result {
+            Ok(gone) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(gone)
+            }
+            Err(err) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(err.into())
+            }
+        }
     }
 }
 
@@ -240,12 +426,19 @@ impl SqlBatch for SqliteBatch {
             );
         }
         let writes = plan(&loaded);
-        if let Err(err) = self.write(&writes).await {
+        if writes.is_empty() {
+            self.cache.remember(loaded.into_values());
+            return Ok(Committed::Yes { base: 0 });
+        }
+        let base = self.head.load(Ordering::Acquire);
+        if let Err(err) = self.write(&writes, base).await {
             self.cache.forget(keys);
             return Err(err);
         }
+        self.head
+            .store(base + i64::from(writes.positions), Ordering::Release);
         self.cache.committed(loaded, writes);
-        Ok(Committed::Yes)
+        Ok(Committed::Yes { base })
     }
 }
 

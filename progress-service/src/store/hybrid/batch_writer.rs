@@ -353,7 +353,7 @@ impl BatchWriter {
         metrics::gauge!("progress_queue_oldest_age_seconds").set(age_ms as f64 / 1000.0);
         if prune {
             let floor = oldest.map_or(i64::MAX, |e| decode(e.clone()).seq);
-            match pg::prune_tombstones(&self.pool, self.config.tombstone_retention, floor).await {
+            match crate::store::postgres::prune_tombstones(&self.pool, self.config.tombstone_retention, floor).await {
                 Ok(n) if n > 0 => tracing::info!(tombstones = n, "pruned old tombstones"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "pruning tombstones failed"),
@@ -413,7 +413,7 @@ fn collapse(entries: &[Entry]) -> Batch {
 mod tests {
     use super::*;
     use crate::domain::{Progress, Status};
-    use crate::store::WriteMeta;
+    use crate::events::WriteMeta;
 
     fn entry(seq: i64, manga: i64, chapter: i64, delete: bool) -> Entry {
         let key = ProgressKey::new("u", manga).expect("key");
@@ -427,6 +427,7 @@ mod tests {
                 status: Status::Reading,
                 version: seq,
                 updated_at: chrono::DateTime::from_timestamp_micros(seq).expect("time"),
+                device: None,
             };
             WireChange::updated(&p, &WriteMeta::default())
         };

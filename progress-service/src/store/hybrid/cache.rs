@@ -11,7 +11,8 @@ use redis::aio::ConnectionManager;
 
 use super::codec::{self, Cached, WireChange};
 use crate::domain::{Progress, ProgressKey};
-use crate::store::{StoreError, WriteMeta};
+use crate::events::WriteMeta;
+use crate::store::StoreError;
 
 /// What Redis knows about one record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +48,10 @@ pub struct Cache {
     change: Script,
     warm: Script,
     ttl_secs: u64,
+    /// How long the change-log stream keeps entries (us).
+    log_retention_us: i64,
+    /// This process's proposal for the log epoch of a fresh Redis dataset.
+    epoch_candidate: String,
     /// How old a read may be when an absent record is written or warmed: well
     /// under the TTL, so anything written after the read is still visible.
     max_fence_age_us: i64,
@@ -66,13 +71,19 @@ pub fn redis_error(err: redis::RedisError) -> StoreError {
 }
 
 impl Cache {
-    pub fn new(conn: ConnectionManager, ttl: Duration) -> Self {
+    pub fn new(conn: ConnectionManager, ttl: Duration, log_retention: Duration) -> Self {
         let ttl_secs = ttl.as_secs().max(2);
         Self {
             conn,
             change: Script::new(include_str!("change.lua")),
             warm: Script::new(include_str!("warm.lua")),
             ttl_secs,
+            log_retention_us: i64::try_from(log_retention.as_micros()).unwrap_or(i64::MAX),
+            epoch_candidate: format!(
+                "{}x{}",
+                std::process::id(),
+                chrono::Utc::now().timestamp_micros()
+            ),
             max_fence_age_us: i64::try_from(ttl_secs * 1_000_000 / 2).unwrap_or(i64::MAX),
         }
     }
@@ -106,14 +117,15 @@ impl Cache {
     }
 
     /// Writes `record` (or a delete when `None`) if the record's state is
-    /// still `snap`; `false` when it changed meanwhile.
+    /// still `snap`: the change's position, or `None` when the state changed
+    /// meanwhile.
     pub async fn compare_and_set(
         &self,
         snap: &Snapshot,
         key: &ProgressKey,
         record: Option<&Progress>,
         meta: &WriteMeta,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
         let expected_seq = match &snap.state {
             State::Cached(c) => c.seq.as_str(),
             State::Deleted | State::Absent => "",
@@ -128,6 +140,8 @@ impl Cache {
             .key(codec::STREAM)
             .key(codec::pending_key(&key.user_id))
             .key(codec::SEQ_COUNTER)
+            .key(codec::LOG_STREAM)
+            .key(codec::LOG_EPOCH)
             .arg(expected_seq)
             .arg(&snap.tomb)
             .arg(snap.fence_us)
@@ -135,7 +149,8 @@ impl Cache {
             .arg(if record.is_some() { "u" } else { "d" })
             .arg(key.manga_id)
             .arg(wire.encode()?)
-            .arg(codec::EVENTS_CHANNEL);
+            .arg(self.log_retention_us)
+            .arg(&self.epoch_candidate);
         if let Some(p) = record {
             for (field, value) in codec::hash_fields(p) {
                 inv.arg(field).arg(value);
@@ -143,7 +158,12 @@ impl Cache {
         }
         let mut conn = self.conn.clone();
         let seq: redis::Value = inv.invoke_async(&mut conn).await.map_err(redis_error)?;
-        Ok(!matches!(seq, redis::Value::Int(-1)))
+        match seq {
+            redis::Value::Int(-1) => Ok(None),
+            other => redis::from_redis_value::<i64>(other)
+                .map(Some)
+                .map_err(|e| StoreError::Internal(format!("redis: change script answered {e}"))),
+        }
     }
 
     /// Caches a row read from Postgres after `snap` was taken, unless Redis
@@ -180,16 +200,32 @@ impl Cache {
         &self,
         user_id: &str,
     ) -> Result<Vec<(i64, Option<Progress>)>, StoreError> {
+        let (_, pending) = self.pending_after(user_id, 0).await?;
+        Ok(pending.into_iter().map(|(m, p, _)| (m, p)).collect())
+    }
+
+    /// The log's last position, then the user's unflushed changes after
+    /// `after` with their positions, read at one instant.
+    pub async fn pending_after(
+        &self,
+        user_id: &str,
+        after: i64,
+    ) -> Result<(i64, Vec<Pending>), StoreError> {
         let mut conn = self.conn.clone();
-        let mangas: Vec<i64> = redis::cmd("ZRANGE")
+        let (head, mangas): (Option<i64>, Vec<i64>) = redis::pipe()
+            .atomic()
+            .get(codec::SEQ_COUNTER)
+            .cmd("ZRANGE")
             .arg(codec::pending_key(user_id))
-            .arg(0)
-            .arg(-1)
+            .arg(format!("({after}"))
+            .arg("+inf")
+            .arg("BYSCORE")
             .query_async(&mut conn)
             .await
             .map_err(redis_error)?;
+        let head = head.unwrap_or(0);
         if mangas.is_empty() {
-            return Ok(Vec::new());
+            return Ok((head, Vec::new()));
         }
         let keys: Vec<ProgressKey> = mangas
             .iter()
@@ -200,10 +236,9 @@ impl Cache {
             .collect();
         let mut pipe = redis::pipe();
         for key in &keys {
-            pipe.hgetall(codec::hash_key(key))
-                .exists(codec::tomb_key(key));
+            pipe.hgetall(codec::hash_key(key)).get(codec::tomb_key(key));
         }
-        let replies: Vec<(HashMap<String, String>, bool)> = pipe
+        let replies: Vec<(HashMap<String, String>, Option<String>)> = pipe
             .query_async::<Vec<redis::Value>>(&mut conn)
             .await
             .map_err(redis_error)?
@@ -213,21 +248,23 @@ impl Cache {
                 let tomb = pair
                     .get(1)
                     .and_then(|v| redis::from_redis_value_ref(v).ok())
-                    .unwrap_or(false);
+                    .unwrap_or(None);
                 (fields, tomb)
             })
             .collect();
         let mut out = Vec::with_capacity(keys.len());
         for (key, (fields, tomb)) in keys.iter().zip(replies) {
             if !fields.is_empty() {
-                out.push((
-                    key.manga_id,
-                    Some(codec::parse_hash(key, &fields)?.progress),
-                ));
-            } else if tomb {
-                out.push((key.manga_id, None));
+                let cached = codec::parse_hash(key, &fields)?;
+                let seq = cached.seq.parse().unwrap_or(0);
+                out.push((key.manga_id, Some(cached.progress), seq));
+            } else if let Some(seq) = tomb {
+                out.push((key.manga_id, None, seq.parse().unwrap_or(0)));
             }
         }
-        Ok(out)
+        Ok((head, out))
     }
 }
+
+/// An unflushed change: manga id, the record (`None`: deleted), position.
+pub type Pending = (i64, Option<Progress>, i64);

@@ -8,15 +8,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Chapter, Progress, ProgressKey};
 use crate::events::{Change, ChangeEvent};
-use crate::store::{StoreError, WriteMeta};
+use crate::events::WriteMeta;
+use crate::store::StoreError;
 
 /// The write-behind queue (a Redis Stream) and its consumer group.
 pub const STREAM: &str = "mh:progress:changes";
 pub const GROUP: &str = "progress-batch-writer";
 /// Entries that could not be decoded are moved here instead of blocking the queue.
 pub const DEAD_LETTERS: &str = "mh:progress:dead";
-/// Pub/Sub channel every replica relays into its watch streams.
-pub const EVENTS_CHANNEL: &str = "mh:progress:events";
+/// The change log: a Redis Stream every replica reads into its watch
+/// streams, entry id `<position>-0`, trimmed to `CHANGE_RETENTION`.
+pub const LOG_STREAM: &str = "mh:progress:log";
+/// Random per Redis dataset: changes when Redis lost its data.
+pub const LOG_EPOCH: &str = "mh:progress:log:epoch";
 /// Last change sequence handed out.
 pub const SEQ_COUNTER: &str = "mh:progress:seq";
 
@@ -37,8 +41,9 @@ pub fn pending_key(user_id: &str) -> String {
     format!("mh:pending:{user_id}")
 }
 
-/// The compatible hash fields (without `seq`), as field/value pairs.
-pub fn hash_fields(p: &Progress) -> [(&'static str, String); 7] {
+/// The compatible hash fields (without `seq`), as field/value pairs;
+/// `device` is empty when unknown.
+pub fn hash_fields(p: &Progress) -> [(&'static str, String); 8] {
     [
         ("user_id", p.key.user_id.clone()),
         ("manga_id", p.key.manga_id.to_string()),
@@ -50,6 +55,7 @@ pub fn hash_fields(p: &Progress) -> [(&'static str, String); 7] {
             "updated_at",
             p.updated_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         ),
+        ("device", p.device.clone().unwrap_or_default()),
     ]
 }
 
@@ -83,6 +89,7 @@ pub fn parse_hash(
             status: field("status")?.parse().map_err(|_| bad("status"))?,
             version: field("version")?.parse().map_err(|_| bad("version"))?,
             updated_at,
+            device: fields.get("device").filter(|d| !d.is_empty()).cloned(),
         },
         seq: fields.get(SEQ_FIELD).cloned().unwrap_or_default(),
     })
@@ -109,6 +116,8 @@ pub struct WireChange {
     pub origin: String,
     #[serde(default)]
     pub private: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 impl WireChange {
@@ -124,6 +133,7 @@ impl WireChange {
             updated_at_us: p.updated_at.timestamp_micros(),
             origin: meta.origin.clone(),
             private: meta.private,
+            device: p.device.clone(),
         }
     }
 
@@ -139,6 +149,7 @@ impl WireChange {
             updated_at_us: 0,
             origin: meta.origin.clone(),
             private: meta.private,
+            device: None,
         }
     }
 
@@ -172,10 +183,12 @@ impl WireChange {
             version: self.version,
             updated_at: DateTime::from_timestamp_micros(self.updated_at_us)
                 .ok_or_else(|| "bad updated_at".to_owned())?,
+            device: self.device.clone(),
         }))
     }
 
-    pub fn into_event(self) -> Result<ChangeEvent, String> {
+    /// The change as the event at `position` of the log.
+    pub fn into_event(self, position: i64) -> Result<ChangeEvent, String> {
         let change = match self.progress()? {
             Some(p) => Change::Updated(p),
             None => Change::Deleted(self.key()),
@@ -186,8 +199,14 @@ impl WireChange {
                 origin: self.origin,
                 private: self.private,
             },
+            position,
         })
     }
+}
+
+/// The position in a log stream entry id `<position>-0`.
+pub fn position_of(id: &str) -> Option<i64> {
+    id.split_once('-').map_or(id, |(ms, _)| ms).parse().ok()
 }
 
 #[cfg(test)]
@@ -203,6 +222,7 @@ mod tests {
             status: Status::OnHold,
             version: 7,
             updated_at: DateTime::from_timestamp_micros(1_700_000_000_123_456).expect("time"),
+            device: Some("Phone".into()),
         }
     }
 
@@ -231,8 +251,9 @@ mod tests {
         let wire = WireChange::updated(&p, &meta);
         let back = WireChange::decode(wire.encode().expect("json").as_bytes()).expect("decodes");
         assert_eq!(back.progress().expect("valid"), Some(p.clone()));
-        let event = back.into_event().expect("event");
+        let event = back.into_event(9).expect("event");
         assert_eq!(event.meta, meta);
+        assert_eq!(event.position, 9);
         let deleted = WireChange::deleted(&p.key, &meta);
         assert_eq!(deleted.progress().expect("valid"), None);
     }

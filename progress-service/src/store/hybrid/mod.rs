@@ -3,9 +3,10 @@
 //!
 //! Write: read the record's Redis state (loading Postgres on a miss so
 //! versions continue), apply the update rules in Rust, then one script
-//! compare-and-sets the hash, appends the change to the stream and publishes
-//! it. The ack follows that script. `batch_writer` moves the stream into
-//! Postgres; `relay` feeds every replica's watchers from Pub/Sub.
+//! compare-and-sets the hash, appends the change to the write-behind stream
+//! and to the change log (a retained stream whose entry ids are positions).
+//! The ack follows that script. `batch_writer` moves the write-behind stream
+//! into Postgres; `relay` feeds every replica's watchers from the change log.
 
 mod batch_writer;
 pub mod cache;
@@ -27,10 +28,14 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use self::batch_writer::{BatchWriter, WriterConfig};
+use redis::streams::StreamRangeReply;
+
 use self::cache::{Cache, State, Warm};
+use self::codec::WireChange;
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta, postgres};
+use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
-use crate::events::EventBus;
+use crate::events::{Change, ChangeEvent, EventBus};
 
 pub use self::codec::{GROUP, STREAM, hash_key};
 
@@ -52,6 +57,9 @@ pub struct HybridConfig {
 pub struct HybridStore {
     cache: Cache,
     pool: PgPool,
+    /// For change-log reads (`XRANGE`).
+    log_conn: ConnectionManager,
+    epoch: String,
     stripes: Vec<Mutex<()>>,
     closed: AtomicBool,
     stop: CancellationToken,
@@ -76,14 +84,21 @@ pub async fn open(
         .set_connection_timeout(Some(Duration::from_secs(1)))
         .set_response_timeout(Some(Duration::from_secs(10)))
         .set_number_of_retries(2);
-    let writer_conn = ConnectionManager::new_with_config(client.clone(), blocking)
+    let writer_conn = ConnectionManager::new_with_config(client.clone(), blocking.clone())
+        .await
+        .context("connecting to Redis")?;
+    let relay_conn = ConnectionManager::new_with_config(client.clone(), blocking)
         .await
         .context("connecting to Redis")?;
     create_group(conn.clone()).await?;
+    let (epoch,): (String,) =
+        sqlx::query_as("SELECT epoch FROM progress_change_log WHERE id = 1")
+            .fetch_one(&pool)
+            .await?;
 
     let stop = CancellationToken::new();
-    let cache = Cache::new(conn, hybrid.cache_ttl);
-    let relay = relay::start(client, events, stop.clone()).await?;
+    let cache = Cache::new(conn.clone(), hybrid.cache_ttl, config.change_retention);
+    let relay = relay::start(relay_conn, events, stop.clone()).await?;
     let consumer = format!(
         "{}-{}",
         std::process::id(),
@@ -98,7 +113,8 @@ pub async fn open(
             interval: hybrid.batch_interval,
             claim_idle: hybrid.claim_idle,
             ttl_secs: cache.ttl_secs(),
-            tombstone_retention: hybrid.tombstone_retention,
+            // Delete markers serve the change log too.
+            tombstone_retention: hybrid.tombstone_retention.max(config.change_retention),
         },
         stop.clone(),
     );
@@ -106,6 +122,8 @@ pub async fn open(
     Ok(HybridStore {
         cache,
         pool,
+        log_conn: conn,
+        epoch,
         stripes: (0..WRITE_STRIPES).map(|_| Mutex::new(())).collect(),
         closed: AtomicBool::new(false),
         stop,
@@ -181,15 +199,16 @@ impl ProgressStore for HybridStore {
         for _ in 0..MAX_CAS_ATTEMPTS {
             let snap = self.cache.read(&cmd.key).await?;
             let stored = self.current(&cmd.key, &snap.state).await?;
-            let out = domain::apply_update(stored.as_ref(), &cmd, domain::now());
+            let mut out = domain::apply_update(stored.as_ref(), &cmd, domain::now());
             if !out.applied {
                 return Ok(out);
             }
-            if self
+            if let Some(position) = self
                 .cache
                 .compare_and_set(&snap, &cmd.key, Some(&out.progress), &meta)
                 .await?
             {
+                out.position = Some(position);
                 return Ok(out);
             }
             metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
@@ -300,29 +319,46 @@ impl ProgressStore for HybridStore {
         Ok(items)
     }
 
-    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<bool, StoreError> {
+    async fn delete(
+        &self,
+        key: ProgressKey,
+        meta: WriteMeta,
+    ) -> Result<Option<i64>, StoreError> {
         self.ensure_open()?;
         let _turn = self.stripe(&key).lock().await;
         for _ in 0..MAX_CAS_ATTEMPTS {
             let snap = self.cache.read(&key).await?;
             if self.current(&key, &snap.state).await?.is_none() {
-                return Ok(false);
+                return Ok(None);
             }
-            if self.cache.compare_and_set(&snap, &key, None, &meta).await? {
-                return Ok(true);
+            if let Some(position) = self.cache.compare_and_set(&snap, &key, None, &meta).await? {
+                return Ok(Some(position));
             }
             metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
         }
         Err(contention())
     }
 
+    fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// One user's changes: Postgres rows and delete markers, overlaid by the
+    /// unflushed changes in Redis (read first, with the head, so a change
+    /// flushed in between is in Postgres). All users': the change-log stream.
+    async fn read_log(&self, query: &LogQuery) -> Result<LogPage, LogError> {
+        match &query.user_id {
+            Some(user) => self.read_user_log(user, query).await,
+            None => self.read_stream_log(query).await,
+        }
+    }
+
     async fn ping(&self) -> Result<(), StoreError> {
-        self.cache
-            .read(&ProgressKey {
-                user_id: "ping".into(),
-                manga_id: 1,
-            })
-            .await?;
+        let mut conn = self.log_conn.clone();
+        redis::cmd("PING")
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(cache::redis_error)?;
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
@@ -338,6 +374,107 @@ impl ProgressStore for HybridStore {
             let _ = task.await;
         }
         self.pool.close().await;
+    }
+}
+
+impl HybridStore {
+    async fn read_user_log(&self, user: &str, query: &LogQuery) -> Result<LogPage, LogError> {
+        let (head, pending) = self.cache.pending_after(user, query.after).await?;
+        if query.after > head {
+            return Err(LogError::Expired);
+        }
+        let (_, pruned) = postgres::log_bounds(&self.pool).await?;
+        let widened = LogQuery {
+            limit: query.limit.saturating_add(pending.len()),
+            ..query.clone()
+        };
+        let rows = postgres::read_log_rows(&self.pool, &widened, head, pruned).await?;
+        // Per record, the newest change; one newer than `head` leaves the
+        // record out of this page (it is after the page's end).
+        let mut newest: HashMap<i64, ChangeEvent> = HashMap::new();
+        for event in rows {
+            newest.insert(event.change.key().manga_id, event);
+        }
+        for (manga_id, record, position) in pending {
+            if position > head {
+                newest.remove(&manga_id);
+                continue;
+            }
+            if newest.get(&manga_id).is_some_and(|e| e.position >= position) {
+                continue;
+            }
+            let change = match record {
+                Some(p) => Change::Updated(p),
+                None if query.deletes => Change::Deleted(ProgressKey {
+                    user_id: user.to_owned(),
+                    manga_id,
+                }),
+                None => {
+                    newest.remove(&manga_id);
+                    continue;
+                }
+            };
+            newest.insert(
+                manga_id,
+                ChangeEvent {
+                    change,
+                    meta: WriteMeta::default(),
+                    position,
+                },
+            );
+        }
+        let mut changes: Vec<ChangeEvent> = newest.into_values().collect();
+        changes.sort_by_key(|e| e.position);
+        changes.truncate(query.limit);
+        Ok(LogPage { changes, head })
+    }
+
+    /// Every change after `query.after` from the stream, read with its
+    /// oldest kept entry in one transaction: if that is past the cursor,
+    /// changes after the cursor may have been trimmed.
+    async fn read_stream_log(&self, query: &LogQuery) -> Result<LogPage, LogError> {
+        let mut conn = self.log_conn.clone();
+        let (head, oldest, entries): (Option<i64>, StreamRangeReply, StreamRangeReply) = redis::pipe()
+            .atomic()
+            .get(codec::SEQ_COUNTER)
+            .cmd("XRANGE")
+            .arg(codec::LOG_STREAM)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .cmd("XRANGE")
+            .arg(codec::LOG_STREAM)
+            .arg(format!("({}-0", query.after))
+            .arg("+")
+            .arg("COUNT")
+            .arg(query.limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(cache::redis_error)?;
+        let head = head.unwrap_or(0);
+        let oldest = oldest.ids.first().and_then(|e| codec::position_of(&e.id));
+        if query.after > head || (query.after > 0 && oldest.is_some_and(|o| o > query.after)) {
+            return Err(LogError::Expired);
+        }
+        let mut changes = Vec::with_capacity(entries.ids.len());
+        for entry in entries.ids {
+            let decoded = codec::position_of(&entry.id)
+                .ok_or_else(|| "foreign id".to_owned())
+                .and_then(|position| {
+                    entry
+                        .get::<Vec<u8>>("c")
+                        .ok_or_else(|| "entry lacks its change".to_owned())
+                        .and_then(|c| WireChange::decode(&c))
+                        .and_then(|c| c.into_event(position))
+                });
+            match decoded {
+                Ok(event) => changes.push(event),
+                Err(err) => tracing::warn!(error = %err, id = entry.id, "undecodable change skipped"),
+            }
+        }
+        let head = changes.last().map_or(head, |e| e.position.max(head));
+        Ok(LogPage { changes, head })
     }
 }
 

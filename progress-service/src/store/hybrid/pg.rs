@@ -29,7 +29,7 @@ pub async fn get_with_seq(
     let row: Option<RowWithSeq> = sqlx::query_as(
         "SELECT user_id, manga_id,
            (current_chapter * 100)::int8 AS chapter_hundredths, page, status, version,
-           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, change_seq
+           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, device, change_seq
            FROM user_progress WHERE user_id = $1 AND manga_id = $2",
     )
     .bind(&key.user_id)
@@ -110,6 +110,7 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<(), StoreError>
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
+        let mut devices = Vec::with_capacity(n);
         for (p, seq) in &batch.upserts {
             users.push(p.key.user_id.as_str());
             mangas.push(p.key.manga_id);
@@ -119,21 +120,25 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<(), StoreError>
             versions.push(p.version);
             times.push(p.updated_at.timestamp_micros());
             seqs.push(*seq);
+            devices.push(p.device.as_deref());
         }
         sqlx::query(
             "INSERT INTO user_progress
-               (user_id, manga_id, current_chapter, page, status, version, updated_at, change_seq)
+               (user_id, manga_id, current_chapter, page, status, version, updated_at, change_seq,
+                device)
              SELECT u, m, c::numeric / 100, p, s, v,
-                    TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', q
+                    TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', q, dev
                FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[],
-                           $6::int8[], $7::int8[], $8::int8[]) AS x(u, m, c, p, s, v, t, q)
+                           $6::int8[], $7::int8[], $8::int8[], $9::text[])
+                 AS x(u, m, c, p, s, v, t, q, dev)
               WHERE NOT EXISTS (SELECT 1 FROM progress_tombstones d
                                  WHERE d.user_id = x.u AND d.manga_id = x.m
                                    AND d.change_seq >= x.q)
              ON CONFLICT (user_id, manga_id) DO UPDATE
                SET current_chapter = EXCLUDED.current_chapter, page = EXCLUDED.page,
                    status = EXCLUDED.status, version = EXCLUDED.version,
-                   updated_at = EXCLUDED.updated_at, change_seq = EXCLUDED.change_seq
+                   updated_at = EXCLUDED.updated_at, change_seq = EXCLUDED.change_seq,
+                   device = EXCLUDED.device
                WHERE user_progress.change_seq < EXCLUDED.change_seq",
         )
         .bind(&users)
@@ -144,30 +149,12 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<(), StoreError>
         .bind(&versions)
         .bind(&times)
         .bind(&seqs)
+        .bind(&devices)
         .execute(&mut *tx)
         .await?;
     }
     tx.commit().await?;
     Ok(())
-}
-
-/// Drops tombstones older than `retention` that no queued change can still
-/// need (every change still in the queue has a sequence of at least `floor`).
-pub async fn prune_tombstones(
-    pool: &PgPool,
-    retention: std::time::Duration,
-    floor: i64,
-) -> Result<u64, StoreError> {
-    let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    let done = sqlx::query(
-        "DELETE FROM progress_tombstones
-          WHERE deleted_at < now() - $1 * INTERVAL '1 second' AND change_seq < $2",
-    )
-    .bind(secs)
-    .bind(floor)
-    .execute(pool)
-    .await?;
-    Ok(done.rows_affected())
 }
 
 #[cfg(test)]
@@ -184,6 +171,7 @@ mod tests {
             version,
             updated_at: chrono::DateTime::from_timestamp_micros(1_700_000_000_000_000 + chapter)
                 .expect("time"),
+            device: None,
         }
     }
 
@@ -228,7 +216,7 @@ mod tests {
             .expect("recreated record");
         assert_eq!((p.chapter.hundredths(), p.version, seq), (300, 1, 30));
         assert_eq!(
-            prune_tombstones(&pool, std::time::Duration::ZERO, 25)
+            crate::store::postgres::prune_tombstones(&pool, std::time::Duration::ZERO, 25)
                 .await
                 .expect("prune"),
             1

@@ -1,77 +1,148 @@
-//! Events across replicas: every applied change is published on Redis Pub/Sub
-//! by the write script itself, and every replica - the writing one included -
-//! relays that channel into its own `EventBus`. So each watcher sees each
-//! change once, in the order Redis applied them.
+//! Events across replicas: the write script appends every applied change to
+//! the change-log stream (`codec::LOG_STREAM`, entry id = position), and
+//! every replica - the writing one included - follows that stream with
+//! `XREAD` into its own `EventBus`. A lost connection resumes after the last
+//! entry read, so nothing is skipped. Only when entries after it are gone
+//! (trimmed past the retention, or Redis lost its data) is the feed
+//! interrupted, which ends every watch stream so callers resume or resync.
 
 use std::time::Duration;
 
-use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
 use super::codec::{self, WireChange};
 use crate::events::EventBus;
+use crate::retry::Backoff;
 
-/// Subscribes before returning, so no change acknowledged afterwards is missed,
-/// then relays in the background, resubscribing after connection loss.
+const READ_COUNT: usize = 1000;
+const BLOCK: Duration = Duration::from_secs(2);
+
+/// Where the relay stands: after `position` of the dataset `epoch`.
+struct Place {
+    position: i64,
+    epoch: Option<String>,
+}
+
+/// Reads the stream's end before returning, so every change acknowledged
+/// afterwards is relayed; then relays in the background.
 pub async fn start(
-    client: redis::Client,
+    conn: ConnectionManager,
     events: EventBus,
     stop: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let first = subscribe(&client).await?;
-    Ok(tokio::spawn(run(client, events, stop, first)))
+    let mut conn = conn;
+    let (last, epoch) = stream_end(&mut conn).await?;
+    let place = Place {
+        position: last,
+        epoch,
+    };
+    Ok(tokio::spawn(run(conn, events, stop, place)))
 }
 
-async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
-    pubsub.subscribe(codec::EVENTS_CHANNEL).await?;
-    Ok(pubsub)
+/// The last entry's position (0 when empty) and the dataset epoch.
+async fn stream_end(conn: &mut ConnectionManager) -> redis::RedisResult<(i64, Option<String>)> {
+    let (last, epoch): (StreamRangeReply, Option<String>) = redis::pipe()
+        .atomic()
+        .cmd("XREVRANGE")
+        .arg(codec::LOG_STREAM)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .get(codec::LOG_EPOCH)
+        .query_async(conn)
+        .await?;
+    let position = last
+        .ids
+        .first()
+        .and_then(|e| codec::position_of(&e.id))
+        .unwrap_or(0);
+    Ok((position, epoch))
 }
 
 async fn run(
-    client: redis::Client,
+    mut conn: ConnectionManager,
     events: EventBus,
     stop: CancellationToken,
-    first: redis::aio::PubSub,
+    mut place: Place,
 ) {
-    let mut pubsub = Some(first);
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
+    let options = StreamReadOptions::default()
+        .count(READ_COUNT)
+        .block(BLOCK.as_millis() as usize);
     while !stop.is_cancelled() {
-        let current = match pubsub.take() {
-            Some(p) => p,
-            None => match subscribe(&client).await {
-                Ok(p) => {
-                    tracing::info!("event relay resubscribed");
-                    backoff = Duration::from_millis(100);
-                    p
+        // The oldest entry kept and the epoch, read just before the XREAD: if
+        // the oldest kept is past our position, entries after it may be gone.
+        let read = async {
+            redis::pipe()
+                .cmd("XRANGE")
+                .arg(codec::LOG_STREAM)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .get(codec::LOG_EPOCH)
+                .xread_options(
+                    &[codec::LOG_STREAM],
+                    &[format!("{}-0", place.position)],
+                    &options,
+                )
+                .query_async::<(StreamRangeReply, Option<String>, Option<StreamReadReply>)>(&mut conn)
+                .await
+        };
+        let (oldest, epoch, reply) = tokio::select! {
+            () = stop.cancelled() => return,
+            read = read => match read {
+                Ok(read) => {
+                    backoff.reset();
+                    read
                 }
                 Err(err) => {
-                    tracing::warn!(error = %err, "event relay cannot subscribe; retrying");
+                    metrics::counter!("progress_event_relay_disconnects_total").increment(1);
+                    tracing::warn!(error = %err, "change-log relay cannot read Redis; retrying");
                     tokio::select! {
-                        () = tokio::time::sleep(backoff) => {}
                         () = stop.cancelled() => return,
+                        () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
             },
         };
-        let mut messages = current.into_on_message();
-        loop {
-            let msg = tokio::select! {
-                () = stop.cancelled() => return,
-                msg = messages.next() => msg,
+        let oldest = oldest.ids.first().and_then(|e| codec::position_of(&e.id));
+        let trimmed = place.position > 0 && oldest.is_some_and(|o| o > place.position);
+        let wiped = matches!((&place.epoch, &epoch), (Some(known), Some(now)) if known != now);
+        if trimmed || wiped {
+            tracing::error!(
+                position = place.position,
+                trimmed,
+                wiped,
+                "change-log entries may have been lost before they were relayed"
+            );
+            events.interrupt();
+        }
+        if epoch.is_some() {
+            place.epoch = epoch;
+        }
+        let entries = reply
+            .map(|r| r.keys.into_iter().flat_map(|k| k.ids))
+            .into_iter()
+            .flatten();
+        for entry in entries {
+            let Some(position) = codec::position_of(&entry.id) else {
+                tracing::warn!(id = entry.id, "change-log entry with a foreign id skipped");
+                continue;
             };
-            let Some(msg) = msg else {
-                // Changes published while we were away are not replayed:
-                // watchers re-read with `list` after a reconnect of their own.
-                metrics::counter!("progress_event_relay_disconnects_total").increment(1);
-                tracing::warn!("event relay lost its Redis subscription");
-                break;
-            };
-            match WireChange::decode(msg.get_payload_bytes()).and_then(WireChange::into_event) {
+            place.position = position;
+            let decoded = entry
+                .get::<Vec<u8>>("c")
+                .ok_or_else(|| "entry lacks its change".to_owned())
+                .and_then(|c| WireChange::decode(&c))
+                .and_then(|c| c.into_event(position));
+            match decoded {
                 Ok(event) => events.publish(event),
-                Err(err) => tracing::warn!(error = %err, "undecodable change event skipped"),
+                Err(err) => tracing::warn!(error = %err, position, "undecodable change skipped"),
             }
         }
     }
