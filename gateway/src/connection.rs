@@ -204,7 +204,13 @@ async fn authenticate<R: ReadSource>(
         .ok_or(crate::auth::AuthError::Malformed)
         .and_then(|t| shared.auth.verify(t));
     let refusal = match (verified, device) {
-        (Ok(identity), Ok(device)) => return Some(Authenticated { identity, device, id }),
+        (Ok(identity), Ok(device)) => {
+            return Some(Authenticated {
+                identity,
+                device,
+                id,
+            });
+        }
         (Err(err), _) => {
             fail(err.reason());
             tracing::debug!(reason = err.reason(), "authentication failed");

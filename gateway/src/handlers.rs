@@ -201,7 +201,7 @@ fn update_request(
         force: cmd.force,
         private: cmd.private,
         origin: backend.fanout.origin(session.conn.id()),
-        device: session.device.as_ref().map(Device::to_string),
+        device: session.device.as_ref().map(|d| d.as_str().to_owned()),
     })
 }
 
@@ -319,7 +319,10 @@ fn change(event: &pb::ProgressEvent) -> Result<Change, ErrorReply> {
             manga_id: progress.manga_id,
         }),
         _ => {
-            tracing::error!(kind = event.kind, "the progress service answered a malformed change");
+            tracing::error!(
+                kind = event.kind,
+                "the progress service answered a malformed change"
+            );
             Err(internal())
         }
     }
@@ -400,7 +403,10 @@ const CURSOR_MALFORMED: &str =
 fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
     match status.code() {
         Code::NotFound => ErrorReply::new(ErrorCode::NotFound, status.message().to_owned()),
-        Code::OutOfRange => ErrorReply::new(ErrorCode::CursorExpired, CURSOR_EXPIRED),
+        // Only a cursor can expire (contract §6).
+        Code::OutOfRange if method == SYNC_PROGRESS => {
+            ErrorReply::new(ErrorCode::CursorExpired, CURSOR_EXPIRED)
+        }
         // The cursor is the one field of a sync the gateway cannot check.
         Code::InvalidArgument if method == SYNC_PROGRESS => {
             ErrorReply::new(ErrorCode::InvalidData, CURSOR_MALFORMED)

@@ -28,8 +28,7 @@ impl LogCursor {
         let bad = || ValidationError::new(field, "not a cursor returned by this service");
         let (epoch, position) = text.rsplit_once('.').ok_or_else(bad)?;
         let position: i64 = position.parse().map_err(|_| bad())?;
-        if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) || position < 0
-        {
+        if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) || position < 0 {
             return Err(bad());
         }
         Ok(Self {
@@ -99,7 +98,16 @@ mod tests {
             position: 42,
         };
         assert_eq!(LogCursor::decode("after", &c.encode()).expect("valid"), c);
-        for bad in ["", "42", ".42", "abc.", "abc.-1", "ab-c.4", "abc.4x", "abc.99999999999999999999"] {
+        for bad in [
+            "",
+            "42",
+            ".42",
+            "abc.",
+            "abc.-1",
+            "ab-c.4",
+            "abc.4x",
+            "abc.99999999999999999999",
+        ] {
             assert!(LogCursor::decode("after", bad).is_err(), "{bad}");
         }
         let err = LogCursor::decode("after", "nope").expect_err("malformed");

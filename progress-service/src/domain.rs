@@ -180,9 +180,7 @@ pub fn validate_user_id(user_id: &str) -> Result<(), ValidationError> {
 
 /// A device name: 1..64 bytes of printable UTF-8 (no control characters).
 pub fn validate_device(device: &str) -> Result<(), ValidationError> {
-    if device.is_empty()
-        || device.len() > MAX_DEVICE_BYTES
-        || device.chars().any(char::is_control)
+    if device.is_empty() || device.len() > MAX_DEVICE_BYTES || device.chars().any(char::is_control)
     {
         return Err(ValidationError::new(
             "device",

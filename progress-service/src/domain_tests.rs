@@ -205,7 +205,11 @@ fn updated_at_never_goes_backwards() {
 fn an_applied_change_records_its_device_and_a_noop_keeps_the_old_one() {
     let mut update = cmd("5", 0, None, false);
     update.device = Some("Phone".into());
-    let out = apply_update(Some(&stored("4", 0, Status::Reading, 1)), &update, t(2_000_000));
+    let out = apply_update(
+        Some(&stored("4", 0, Status::Reading, 1)),
+        &update,
+        t(2_000_000),
+    );
     assert!(out.applied);
     assert_eq!(out.progress.device.as_deref(), Some("Phone"));
     let mut stale = cmd("3", 0, None, false);

@@ -13,3 +13,8 @@ pub use progress::v1;
 /// Encoded `FileDescriptorSet` of the proto, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/progress_descriptor.bin"));
+
+/// Response header of a live-only `WatchProgress` (empty `after`): the cursor
+/// the stream starts after, so a watcher can resume even before its first
+/// event.
+pub const WATCH_CURSOR_HEADER: &str = "mangahub-cursor";

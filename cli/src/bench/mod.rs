@@ -1,5 +1,6 @@
 //! `mangahub bench …`: load generators whose results tables go in the README.
 
+mod catch_up;
 mod grpc;
 mod idle;
 mod report;
@@ -17,6 +18,10 @@ pub enum BenchCommand {
     TcpUpdates(tcp_updates::TcpUpdatesArgs),
     /// A running gateway's memory per idle authenticated connection.
     Idle(idle::IdleArgs),
+    /// Devices catching up: a progress-service restart under N gateway clients
+    /// (events again, RESYNCs) and `sync` after missed changes, each beside a
+    /// same-run reference; starts the real binaries.
+    CatchUp(catch_up::CatchUpArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -24,5 +29,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Grpc(args) => grpc::run(&args),
         BenchCommand::TcpUpdates(args) => tcp_updates::run(&args),
         BenchCommand::Idle(args) => idle::run(&args),
+        BenchCommand::CatchUp(args) => catch_up::run(&args),
     }
 }

@@ -45,7 +45,10 @@ pub struct Reply {
 pub struct Conn {
     reader: BufReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
-    line: String,
+    /// The last line read (with its `\n`), or the start of one a timed-out
+    /// read left behind (`partial`), which the next read completes.
+    line: Vec<u8>,
+    partial: bool,
 }
 
 impl Conn {
@@ -58,31 +61,70 @@ impl Conn {
         let mut conn = Conn {
             reader: BufReader::with_capacity(READ_BUFFER, read),
             writer,
-            line: String::new(),
+            line: Vec::new(),
+            partial: false,
         };
         let auth = serde_json::json!({"type": "auth", "data": {"token": token}});
         let reply = conn.request(&auth.to_string()).await?;
         if reply.kind != "auth_response" || reply.success != Some(true) {
-            bail!("authentication failed: {}", conn.line.trim_end());
+            bail!("authentication failed: {}", conn.last_line());
         }
         Ok(conn)
     }
 
     /// Sends one line (without its `\n`) and reads the next line back.
     pub async fn request(&mut self, line: &str) -> anyhow::Result<Reply> {
+        self.request_raw(line).await?;
+        serde_json::from_slice(&self.line)
+            .with_context(|| format!("not a message: {}", self.last_line()))
+    }
+
+    /// Sends one line (without its `\n`) and returns the next line read
+    /// back, unparsed and without its `\n`.
+    pub async fn request_raw(&mut self, line: &str) -> anyhow::Result<&str> {
+        self.send(line).await?;
+        if self.read_line(REPLY_TIMEOUT).await?.is_none() {
+            bail!("no reply from the gateway within {REPLY_TIMEOUT:?}");
+        }
+        Ok(self.last_line())
+    }
+
+    /// Sends one line (without its `\n`).
+    pub async fn send(&mut self, line: &str) -> anyhow::Result<()> {
         let mut out = Vec::with_capacity(line.len() + 1);
         out.extend_from_slice(line.as_bytes());
         out.push(b'\n');
         self.writer.write_all(&out).await?;
-        self.line.clear();
-        let read = tokio::time::timeout(REPLY_TIMEOUT, self.reader.read_line(&mut self.line))
-            .await
-            .context("no reply from the gateway")??;
-        if read == 0 {
-            bail!("the gateway closed the connection");
+        Ok(())
+    }
+
+    /// The next line the gateway sends (a reply or a pushed event), without
+    /// its `\n`; `None` when none completes within `timeout` (a partly
+    /// received line is kept for the next call).
+    pub async fn read_line(&mut self, timeout: Duration) -> anyhow::Result<Option<&str>> {
+        if !self.partial {
+            self.line.clear();
         }
-        serde_json::from_str(&self.line)
-            .with_context(|| format!("not a message: {}", self.line.trim_end()))
+        self.partial = true;
+        // `read_until` is cancel safe: what it read stays in `self.line`.
+        match tokio::time::timeout(timeout, self.reader.read_until(b'\n', &mut self.line)).await {
+            Err(_) => Ok(None),
+            Ok(read) => {
+                read?;
+                if !self.line.ends_with(b"\n") {
+                    bail!("the gateway closed the connection");
+                }
+                self.partial = false;
+                Ok(Some(self.last_line()))
+            }
+        }
+    }
+
+    /// The last complete line read, without its `\n` (empty if not UTF-8).
+    pub fn last_line(&self) -> &str {
+        std::str::from_utf8(&self.line)
+            .unwrap_or_default()
+            .trim_end()
     }
 
     /// Keeps only the socket: an idle connection then costs this side nothing
@@ -129,7 +171,16 @@ pub async fn open_many(
 
 /// The soft limit on open files of this process, from `/proc/self/limits`.
 pub fn open_files_limit() -> Option<u64> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    open_files_limit_at("/proc/self/limits")
+}
+
+/// The soft limit on open files of another process (a child started here).
+pub fn open_files_limit_of(pid: u32) -> Option<u64> {
+    open_files_limit_at(&format!("/proc/{pid}/limits"))
+}
+
+fn open_files_limit_at(path: &str) -> Option<u64> {
+    let limits = std::fs::read_to_string(path).ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
 }

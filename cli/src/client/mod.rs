@@ -242,10 +242,7 @@ async fn sync(
             Some(page) if reply.kind == "sync_result" => page,
             _ => {
                 print(&reply, json);
-                bail!(
-                    "the gateway answered {}",
-                    reply.code.unwrap_or(reply.kind)
-                );
+                bail!("the gateway answered {}", reply.code.unwrap_or(reply.kind));
             }
         };
         if json {

@@ -61,11 +61,15 @@ pub struct SyncPage {
     pub more: bool,
 }
 
+/// A struct, not a tagged enum: serde cannot buffer a tagged enum's content
+/// with the raw chapter inside.
 #[derive(Debug, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
-enum Change {
-    Updated { data: Record },
-    Deleted { manga_id: i64 },
+struct Change {
+    op: String,
+    #[serde(default)]
+    data: Option<Record>,
+    #[serde(default)]
+    manga_id: Option<i64>,
 }
 
 impl SyncPage {
@@ -77,9 +81,10 @@ impl SyncPage {
     pub fn change_lines(&self) -> Vec<String> {
         self.changes
             .iter()
-            .map(|change| match change {
-                Change::Updated { data } => format!("updated: {}", data.line()),
-                Change::Deleted { manga_id } => format!("deleted: manga {manga_id}"),
+            .map(|change| match (&change.data, change.manga_id) {
+                (Some(record), _) => format!("{}: {}", change.op, record.line()),
+                (None, Some(manga_id)) => format!("{}: manga {manga_id}", change.op),
+                (None, None) => change.op.clone(),
             })
             .collect()
     }

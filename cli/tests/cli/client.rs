@@ -47,9 +47,10 @@ async fn client_commands_print_the_documented_output() {
         stdout(&listed)
     );
 
-    assert_eq!(
-        stdout(&run(&["delete", "--manga", "7"]).await).trim(),
-        "deleted: manga 7"
+    let deleted = stdout(&run(&["delete", "--manga", "7"]).await);
+    assert!(
+        deleted.starts_with("deleted: manga 7 [cursor "),
+        "the delete's cursor is shown: {deleted}"
     );
     let missing = run(&["get", "--manga", "7"]).await;
     assert!(!missing.status.success(), "a NOT_FOUND exits non-zero");

@@ -5,4 +5,5 @@ mod client;
 mod dev;
 mod helpers;
 mod shell;
+mod sync;
 mod token;

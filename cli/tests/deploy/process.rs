@@ -42,6 +42,14 @@ impl Service {
         assert!(status.success(), "kill -TERM {pid} ({})", self.name);
     }
 
+    /// SIGKILL: no shutdown path runs, as in a crash or an OOM kill.
+    pub async fn kill(&mut self, timeout: Duration) {
+        self.child
+            .start_kill()
+            .unwrap_or_else(|e| panic!("kill -9 {}: {e}", self.name));
+        self.wait(timeout).await;
+    }
+
     pub fn has_exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }

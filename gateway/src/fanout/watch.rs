@@ -7,13 +7,15 @@
 //!
 //! `RESYNC` goes to every authenticated connection only when resuming is
 //! impossible: the service refused the cursor (expired — older than its
-//! retention, or from a wiped store), or the old stream ended before it
-//! carried a single cursor. The stream is then re-opened live, and `RESYNC`
+//! retention, or from a wiped store). A live stream's first cursor comes
+//! in its response header (`mangahub-cursor`), so a break before the first
+//! event resumes too. The stream is then re-opened live, and `RESYNC`
 //! is sent once it is up, so a client that re-reads misses nothing after it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mangahub_proto::WATCH_CURSOR_HEADER;
 use mangahub_proto::v1 as pb;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -25,7 +27,9 @@ use crate::protocol::SystemCode;
 
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 
-const RESYNC_MESSAGE: &str = "events may have been missed; re-read with sync (without a cursor) or list_progress";
+
+const RESYNC_MESSAGE: &str =
+    "events may have been missed; re-read with sync (without a cursor) or list_progress";
 
 pub struct WatchSettings {
     pub open_timeout: Duration,
@@ -65,6 +69,15 @@ pub async fn run(
         };
         let ended = match opened {
             Ok(Ok(response)) => {
+                if last.is_none() {
+                    // A live stream names the cursor it starts after, so a
+                    // break before the first event still resumes.
+                    last = response
+                        .metadata()
+                        .get(WATCH_CURSOR_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                }
                 ready.send_replace(true);
                 delay = FIRST_RETRY;
                 announce(&fanout, opened_before, !after.is_empty());

@@ -67,9 +67,13 @@ pub enum Request {
         device: Result<Option<Device>, DataError>,
     },
     ProgressUpdate(UpdateCommand),
-    GetProgress { manga_id: i64 },
+    GetProgress {
+        manga_id: i64,
+    },
     ListProgress(ListQuery),
-    DeleteProgress { manga_id: i64 },
+    DeleteProgress {
+        manga_id: i64,
+    },
     Sync(SyncQuery),
     Subscribe(Channel),
     Unsubscribe(Channel),

@@ -76,6 +76,10 @@ async fn bad_tokens_are_rejected_and_the_connection_closed() {
     let no_user = hs256(&json!({"username":"nobody","exp":now()+3600}));
     assert_rejected(&app, &no_user).await;
 
+    // Contract §6: no control characters in user ids.
+    let control = hs256(&json!({"user_id":"mal\u{0}lory","exp":now()+3600}));
+    assert_rejected(&app, &control).await;
+
     let none = format!(
         "{}.{}.",
         base64url(br#"{"alg":"none","typ":"JWT"}"#),

@@ -42,7 +42,7 @@ async fn a_users_second_device_receives_the_update_and_the_origin_only_its_ack()
     let event = tablet.recv().await;
     assert_eq!(
         event,
-        json!({"type":"progress_deleted","channel":"user","data":{"manga_id":42}})
+        json!({"type":"progress_deleted","channel":"user","cursor":deleted["cursor"],"data":{"manga_id":42}})
     );
     phone.assert_silent(QUIET).await;
 }

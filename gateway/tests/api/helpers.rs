@@ -159,6 +159,16 @@ impl TestApp {
         self.authed_as(user, &token(user)).await
     }
 
+    /// A connection of `user` that names itself `device` in `auth`.
+    pub async fn authed_device(&self, user: &str, device: &str) -> Client {
+        let mut client = self.client().await;
+        let reply = client
+            .request(json!({"type": "auth", "data": {"token": token(user), "device": device}}))
+            .await;
+        assert_eq!(reply["success"], json!(true), "auth failed: {reply}");
+        client
+    }
+
     pub async fn authed_as(&self, user: &str, token: &str) -> Client {
         let mut client = self.client().await;
         let reply = client
@@ -338,6 +348,19 @@ impl Client {
             json!({"type": "progress_update", "data": {"manga_id": manga_id, "chapter": chapter}}),
         )
         .await
+    }
+
+    /// A `sync` (cursor and limit optional); the reply, whatever it is.
+    pub async fn sync(&mut self, cursor: Option<&str>, limit: Option<u32>) -> Value {
+        let mut data = json!({});
+        if let Some(cursor) = cursor {
+            data["cursor"] = json!(cursor);
+        }
+        if let Some(limit) = limit {
+            data["limit"] = json!(limit);
+        }
+        self.request(json!({"type": "sync", "id": "s", "data": data}))
+            .await
     }
 
     pub async fn subscribe(&mut self, data: Value) {

@@ -2,10 +2,12 @@
 
 mod admin;
 mod auth;
+mod devices;
 mod fanout;
 mod helpers;
 mod limits;
 mod requests;
 mod resilience;
 mod scenarios;
+mod sync;
 mod tls;

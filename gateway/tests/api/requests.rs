@@ -131,9 +131,10 @@ async fn delete_progress_removes_the_record() {
     let deleted = c
         .request(json!({"type":"delete_progress","id":"d","data":{"manga_id":9}}))
         .await;
+    let cursor = deleted["cursor"].as_str().expect("the delete's cursor");
     assert_eq!(
         deleted,
-        json!({"type":"progress_deleted","id":"d","data":{"manga_id":9}})
+        json!({"type":"progress_deleted","id":"d","cursor":cursor,"data":{"manga_id":9}})
     );
     let again = c
         .request(json!({"type":"delete_progress","data":{"manga_id":9}}))

@@ -3,6 +3,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use mangahub_proto::WATCH_CURSOR_HEADER;
 use mangahub_proto::v1 as pb;
 use mangahub_proto::v1::progress_service_server::ProgressService;
 use tokio::sync::{broadcast, mpsc};
@@ -197,7 +198,11 @@ impl ProgressService for ProgressApi {
         let limit = match usize::try_from(req.limit) {
             Ok(0) => DEFAULT_SYNC_LIMIT,
             Ok(n) if n <= MAX_SYNC_LIMIT => n,
-            _ => return Err(Status::invalid_argument("limit: must be between 0 and 1000")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "limit: must be between 0 and 1000",
+                ));
+            }
         };
         let (after, deletes) = match req.after.as_str() {
             "" => (0, false),
@@ -215,7 +220,11 @@ impl ProgressService for ProgressApi {
         let next = page.next_after(limit, after);
         let epoch = self.store.epoch();
         Ok(Response::new(pb::SyncProgressResponse {
-            changes: page.changes.iter().map(|e| convert::event(e, epoch)).collect(),
+            changes: page
+                .changes
+                .iter()
+                .map(|e| convert::event(e, epoch))
+                .collect(),
             cursor: convert::cursor(epoch, next),
             more,
         }))
@@ -236,8 +245,14 @@ impl ProgressService for ProgressApi {
         // is read arrives live too, and is skipped there by position.
         let subscription = self.events.subscribe();
         let (tx, rx) = mpsc::channel(WATCH_STREAM_QUEUE);
+        let mut live_after = None;
         let replay = match req.after.as_str() {
-            "" => None,
+            "" => {
+                // Live only: changes after the head, which the caller gets as
+                // a cursor to resume from even before the first event.
+                live_after = Some(timed("watch_head", self.store.log_head()).await?);
+                None
+            }
             text => {
                 let after = self.position_of(text)?;
                 // The first page is read here, so an expired cursor fails the call.
@@ -252,8 +267,13 @@ impl ProgressService for ProgressApi {
             tx,
             shutdown: self.shutdown.clone(),
         };
-        tokio::spawn(watcher.run(subscription, replay));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let head = live_after.map(|head| convert::cursor(self.store.epoch(), head));
+        tokio::spawn(watcher.run(subscription, replay, live_after));
+        let mut response = Response::new(ReceiverStream::new(rx));
+        if let Some(value) = head.and_then(|c| c.parse().ok()) {
+            response.metadata_mut().insert(WATCH_CURSOR_HEADER, value);
+        }
+        Ok(response)
     }
 }
 
@@ -347,10 +367,16 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn run(self, mut sub: Subscription, replay: Option<(LogQuery, LogPage)>) {
+    async fn run(
+        self,
+        mut sub: Subscription,
+        replay: Option<(LogQuery, LogPage)>,
+        live_after: Option<i64>,
+    ) {
         let epoch = self.store.epoch().to_owned();
-        // Live events at or before this position were in the replay.
-        let mut seen = i64::MIN;
+        // Live events at or before this position were in the replay (or,
+        // live only, before the cursor the caller was given).
+        let mut seen = live_after.unwrap_or(i64::MIN);
         if let Some((mut query, mut page)) = replay {
             loop {
                 let after = query.after;

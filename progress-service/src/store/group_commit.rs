@@ -37,13 +37,20 @@ pub(crate) struct Writes {
     pub inserts: Vec<(Progress, Stamp)>,
     pub updates: Vec<(Progress, i64, Stamp)>,
     pub deletes: Vec<(ProgressKey, i64, Stamp)>,
+    /// Records created and deleted within the batch: no row, only a delete
+    /// marker (guarded by the row still being absent), so a reader holding
+    /// the create's cursor (its ack, a live event) learns of the delete.
+    pub markers: Vec<(ProgressKey, Stamp)>,
     /// Positions the batch takes: one per applied change, in order.
     pub positions: i32,
 }
 
 impl Writes {
     pub fn is_empty(&self) -> bool {
-        self.inserts.is_empty() && self.updates.is_empty() && self.deletes.is_empty()
+        self.inserts.is_empty()
+            && self.updates.is_empty()
+            && self.deletes.is_empty()
+            && self.markers.is_empty()
     }
 }
 
@@ -384,9 +391,10 @@ fn plan(
             (None, Some(p)) => writes.inserts.push((p, stamp)),
             (Some(before), Some(p)) => writes.updates.push((p, before.version, stamp)),
             (Some(before), None) => writes.deletes.push((key.clone(), before.version, stamp)),
-            // Created and deleted within the batch: its delete is in the log
-            // only as the event; no row, no marker needed.
-            (None, None) => {}
+            // Created and deleted within the batch: the create's position
+            // was acknowledged (and published), so the delete must be in the
+            // log after it.
+            (None, None) => writes.markers.push((key.clone(), stamp)),
         }
     }
     (writes, outcomes, events)

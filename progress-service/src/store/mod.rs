@@ -14,10 +14,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome, ValidationError};
 use crate::changelog::{LogError, LogPage, LogQuery};
-pub use crate::events::WriteMeta;
+use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome, ValidationError};
 use crate::events::EventBus;
+pub use crate::events::WriteMeta;
 
 pub use group_commit::GroupCommitConfig;
 
@@ -119,13 +119,14 @@ pub trait ProgressStore: Send + Sync + 'static {
     async fn list(&self, query: &ListQuery) -> Result<Vec<Progress>, StoreError>;
     /// Removes the record; the delete's position, or `None` when there was
     /// none. Publishes a delete event.
-    async fn delete(&self, key: ProgressKey, meta: WriteMeta)
-    -> Result<Option<i64>, StoreError>;
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<Option<i64>, StoreError>;
     /// The change log's epoch (part of every cursor).
     fn epoch(&self) -> &str;
     /// Changes after a position (see `changelog`); `Expired` when changes
     /// after it may no longer all be kept.
     async fn read_log(&self, query: &LogQuery) -> Result<LogPage, LogError>;
+    /// The log's last position: every change up to it is visible.
+    async fn log_head(&self) -> Result<i64, StoreError>;
     /// Cheap reachability check for readiness.
     async fn ping(&self) -> Result<(), StoreError>;
     /// Finishes every accepted write, then stops. Later writes fail `Unavailable`.

@@ -131,11 +131,13 @@ macro_rules! log_rows {
 /// The log's head (last position) and the newest position a pruned delete
 /// marker had.
 pub(crate) async fn log_bounds(pool: &PgPool) -> Result<(i64, i64), StoreError> {
-    Ok(sqlx::query_as(
-        "SELECT last_position, pruned_through FROM progress_change_log WHERE id = 1",
+    Ok(
+        sqlx::query_as(
+            "SELECT last_position, pruned_through FROM progress_change_log WHERE id = 1",
+        )
+        .fetch_one(pool)
+        .await?,
     )
-    .fetch_one(pool)
-    .await?)
 }
 
 /// Changes in `(query.after, head]` from the tables, in position order.
@@ -177,29 +179,40 @@ pub(crate) async fn read_log_rows(
 
 /// Drops delete markers older than `retention` (and, in hybrid mode, below
 /// `floor`, the oldest change still queued), remembering the newest position
-/// dropped: cursors below it are expired.
+/// dropped: cursors below it are expired. Takes the counter's row lock first,
+/// as every batch does, so it never deadlocks with one.
 pub(crate) async fn prune_tombstones(
     pool: &PgPool,
     retention: Duration,
     floor: i64,
 ) -> Result<u64, StoreError> {
     let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
-    let (pruned,): (i64,) = sqlx::query_as(
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT 1 FROM progress_change_log WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    let (pruned, newest): (i64, Option<i64>) = sqlx::query_as(
         "WITH gone AS (
            DELETE FROM progress_tombstones
             WHERE deleted_at < now() - $1 * INTERVAL '1 second' AND change_seq < $2
            RETURNING change_seq
-         ), mark AS (
-           UPDATE progress_change_log
-              SET pruned_through = GREATEST(pruned_through, (SELECT max(change_seq) FROM gone))
-            WHERE id = 1 AND EXISTS (SELECT 1 FROM gone)
          )
-         SELECT count(*) FROM gone",
+         SELECT count(*), max(change_seq) FROM gone",
     )
     .bind(secs)
     .bind(floor)
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    if let Some(newest) = newest {
+        sqlx::query(
+            "UPDATE progress_change_log SET pruned_through = GREATEST(pruned_through, $1)
+              WHERE id = 1",
+        )
+        .bind(newest)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
     Ok(u64::try_from(pruned).unwrap_or(0))
 }
 
@@ -261,7 +274,9 @@ impl Tailer {
                 last_prune = Some(std::time::Instant::now());
                 match prune_tombstones(&self.pool, self.retention, i64::MAX).await {
                     Ok(0) => {}
-                    Ok(n) => tracing::info!(pruned = n, "delete markers past the retention dropped"),
+                    Ok(n) => {
+                        tracing::info!(pruned = n, "delete markers past the retention dropped")
+                    }
                     Err(err) => tracing::warn!(error = %err, "pruning delete markers failed"),
                 }
             }
@@ -373,11 +388,7 @@ impl ProgressStore for PostgresStore {
         list_rows(&self.pool, query).await
     }
 
-    async fn delete(
-        &self,
-        key: ProgressKey,
-        meta: WriteMeta,
-    ) -> Result<Option<i64>, StoreError> {
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<Option<i64>, StoreError> {
         self.writer.delete(key, meta).await
     }
 
@@ -392,6 +403,10 @@ impl ProgressStore for PostgresStore {
         }
         let changes = read_log_rows(&self.pool, query, head, pruned).await?;
         Ok(LogPage { changes, head })
+    }
+
+    async fn log_head(&self) -> Result<i64, StoreError> {
+        Ok(log_bounds(&self.pool).await?.0)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -411,7 +426,8 @@ impl ProgressStore for PostgresStore {
 }
 
 /// One batch's writes as parallel arrays for `UNNEST`; `op` is 0 insert,
-/// 1 update, 2 delete, `guard` the version the row must still have and `pos`
+/// 1 update, 2 delete, 3 delete marker only (created and deleted within the
+/// batch; the row must be absent), `guard` the version the row must still have and `pos`
 /// the position offset of the row's last change.
 #[derive(Default)]
 struct WriteArrays {
@@ -431,7 +447,14 @@ struct WriteArrays {
 }
 
 impl WriteArrays {
-    fn push(&mut self, key: &ProgressKey, row: Option<&Progress>, guard: i64, op: i16, stamp: &Stamp) {
+    fn push(
+        &mut self,
+        key: &ProgressKey,
+        row: Option<&Progress>,
+        guard: i64,
+        op: i16,
+        stamp: &Stamp,
+    ) {
         self.user_ids.push(key.user_id.clone());
         self.manga_ids.push(key.manga_id);
         self.chapters
@@ -461,12 +484,15 @@ impl WriteArrays {
         for (key, guard, stamp) in &writes.deletes {
             arrays.push(key, None, *guard, 2, stamp);
         }
+        for (key, stamp) in &writes.markers {
+            arrays.push(key, None, 0, 3, stamp);
+        }
         arrays
     }
 }
 
-/// Every write of a batch in one call of `mangahub_write_batch` (migration
-/// 0004), so it commits on its own in one round trip.
+/// Every write of a batch in one call of `mangahub_write_batch` (migrations
+/// 0004 and 0005), so it commits on its own in one round trip.
 const WRITE_BATCH: &str = "SELECT mangahub_write_batch($1::text[], $2::int8[], $3::int8[],
     $4::int4[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int2[], $10::int4[],
     $11::text[], $12::text[], $13::bool[], $14::int4)";

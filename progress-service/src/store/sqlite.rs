@@ -195,11 +195,7 @@ impl ProgressStore for SqliteStore {
         into_records(rows)
     }
 
-    async fn delete(
-        &self,
-        key: ProgressKey,
-        meta: WriteMeta,
-    ) -> Result<Option<i64>, StoreError> {
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<Option<i64>, StoreError> {
         self.writer.delete(key, meta).await
     }
 
@@ -238,6 +234,10 @@ impl ProgressStore for SqliteStore {
             changes: into_events(rows)?,
             head,
         })
+    }
+
+    async fn log_head(&self) -> Result<i64, StoreError> {
+        Ok(self.batch.head.load(Ordering::Acquire))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -327,7 +327,14 @@ impl SqliteBatch {
                     .await?;
             }
             let now_us = domain::now().timestamp_micros();
-            for (key, _, stamp) in &writes.deletes {
+            // Markers of records created and deleted within the batch have
+            // no row to delete (this process is the only writer).
+            let deletes = writes
+                .deletes
+                .iter()
+                .map(|(key, _, stamp)| (key, stamp))
+                .chain(writes.markers.iter().map(|(key, stamp)| (key, stamp)));
+            for (key, stamp) in deletes {
                 sqlx::query("DELETE FROM user_progress WHERE user_id = ? AND manga_id = ?")
                     .bind(&key.user_id)
                     .bind(key.manga_id)

@@ -82,6 +82,16 @@ pub async fn spawn_app_with(backend: Backend, extra_args: &[&str]) -> TestApp {
     spawn_on(dir, database_url, redis, extra_args).await
 }
 
+/// An app (SQLite or Postgres alone) on a database prepared by the test,
+/// e.g. one an older version wrote; `dir` lives as long as the app.
+pub async fn spawn_app_on(
+    dir: tempfile::TempDir,
+    database_url: String,
+    extra_args: &[&str],
+) -> TestApp {
+    spawn_on(dir, database_url, None, extra_args).await
+}
+
 /// Another replica of `app`'s service: same Postgres database and Redis.
 pub async fn spawn_replica(app: &TestApp, extra_args: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");

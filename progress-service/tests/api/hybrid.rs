@@ -159,7 +159,11 @@ async fn a_stale_warm_never_overwrites_a_newer_value() {
         redis::aio::ConnectionManager::new(redis::Client::open(redis_url).expect("redis url"))
             .await
             .expect("connect");
-    let cache = Cache::new(manager, Duration::from_secs(3600), Duration::from_secs(3600));
+    let cache = Cache::new(
+        manager,
+        Duration::from_secs(3600),
+        Duration::from_secs(3600),
+    );
     let pool = app.pg_pool().await;
     let key = ProgressKey::new("warm", 1).expect("key");
 

@@ -4,6 +4,7 @@
 
 mod admin;
 mod batch;
+mod changelog;
 mod concurrency;
 mod delete;
 mod get_list;

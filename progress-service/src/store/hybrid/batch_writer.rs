@@ -353,7 +353,13 @@ impl BatchWriter {
         metrics::gauge!("progress_queue_oldest_age_seconds").set(age_ms as f64 / 1000.0);
         if prune {
             let floor = oldest.map_or(i64::MAX, |e| decode(e.clone()).seq);
-            match crate::store::postgres::prune_tombstones(&self.pool, self.config.tombstone_retention, floor).await {
+            match crate::store::postgres::prune_tombstones(
+                &self.pool,
+                self.config.tombstone_retention,
+                floor,
+            )
+            .await
+            {
                 Ok(n) if n > 0 => tracing::info!(tombstones = n, "pruned old tombstones"),
                 Ok(_) => {}
                 Err(err) => tracing::warn!(error = %err, "pruning tombstones failed"),

@@ -7,8 +7,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{Chapter, Progress, ProgressKey};
-use crate::events::{Change, ChangeEvent};
 use crate::events::WriteMeta;
+use crate::events::{Change, ChangeEvent};
 use crate::store::StoreError;
 
 /// The write-behind queue (a Redis Stream) and its consumer group.

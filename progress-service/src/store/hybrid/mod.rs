@@ -91,10 +91,9 @@ pub async fn open(
         .await
         .context("connecting to Redis")?;
     create_group(conn.clone()).await?;
-    let (epoch,): (String,) =
-        sqlx::query_as("SELECT epoch FROM progress_change_log WHERE id = 1")
-            .fetch_one(&pool)
-            .await?;
+    let (epoch,): (String,) = sqlx::query_as("SELECT epoch FROM progress_change_log WHERE id = 1")
+        .fetch_one(&pool)
+        .await?;
 
     let stop = CancellationToken::new();
     let cache = Cache::new(conn.clone(), hybrid.cache_ttl, config.change_retention);
@@ -319,11 +318,7 @@ impl ProgressStore for HybridStore {
         Ok(items)
     }
 
-    async fn delete(
-        &self,
-        key: ProgressKey,
-        meta: WriteMeta,
-    ) -> Result<Option<i64>, StoreError> {
+    async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<Option<i64>, StoreError> {
         self.ensure_open()?;
         let _turn = self.stripe(&key).lock().await;
         for _ in 0..MAX_CAS_ATTEMPTS {
@@ -351,6 +346,16 @@ impl ProgressStore for HybridStore {
             Some(user) => self.read_user_log(user, query).await,
             None => self.read_stream_log(query).await,
         }
+    }
+
+    async fn log_head(&self) -> Result<i64, StoreError> {
+        let mut conn = self.log_conn.clone();
+        let head: Option<i64> = redis::cmd("GET")
+            .arg(codec::SEQ_COUNTER)
+            .query_async(&mut conn)
+            .await
+            .map_err(cache::redis_error)?;
+        Ok(head.unwrap_or(0))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -400,7 +405,10 @@ impl HybridStore {
                 newest.remove(&manga_id);
                 continue;
             }
-            if newest.get(&manga_id).is_some_and(|e| e.position >= position) {
+            if newest
+                .get(&manga_id)
+                .is_some_and(|e| e.position >= position)
+            {
                 continue;
             }
             let change = match record {
@@ -434,24 +442,25 @@ impl HybridStore {
     /// changes after the cursor may have been trimmed.
     async fn read_stream_log(&self, query: &LogQuery) -> Result<LogPage, LogError> {
         let mut conn = self.log_conn.clone();
-        let (head, oldest, entries): (Option<i64>, StreamRangeReply, StreamRangeReply) = redis::pipe()
-            .atomic()
-            .get(codec::SEQ_COUNTER)
-            .cmd("XRANGE")
-            .arg(codec::LOG_STREAM)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(1)
-            .cmd("XRANGE")
-            .arg(codec::LOG_STREAM)
-            .arg(format!("({}-0", query.after))
-            .arg("+")
-            .arg("COUNT")
-            .arg(query.limit)
-            .query_async(&mut conn)
-            .await
-            .map_err(cache::redis_error)?;
+        let (head, oldest, entries): (Option<i64>, StreamRangeReply, StreamRangeReply) =
+            redis::pipe()
+                .atomic()
+                .get(codec::SEQ_COUNTER)
+                .cmd("XRANGE")
+                .arg(codec::LOG_STREAM)
+                .arg("-")
+                .arg("+")
+                .arg("COUNT")
+                .arg(1)
+                .cmd("XRANGE")
+                .arg(codec::LOG_STREAM)
+                .arg(format!("({}-0", query.after))
+                .arg("+")
+                .arg("COUNT")
+                .arg(query.limit)
+                .query_async(&mut conn)
+                .await
+                .map_err(cache::redis_error)?;
         let head = head.unwrap_or(0);
         let oldest = oldest.ids.first().and_then(|e| codec::position_of(&e.id));
         if query.after > head || (query.after > 0 && oldest.is_some_and(|o| o > query.after)) {
@@ -470,7 +479,9 @@ impl HybridStore {
                 });
             match decoded {
                 Ok(event) => changes.push(event),
-                Err(err) => tracing::warn!(error = %err, id = entry.id, "undecodable change skipped"),
+                Err(err) => {
+                    tracing::warn!(error = %err, id = entry.id, "undecodable change skipped")
+                }
             }
         }
         let head = changes.last().map_or(head, |e| e.position.max(head));

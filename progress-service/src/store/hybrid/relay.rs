@@ -89,7 +89,9 @@ async fn run(
                     &[format!("{}-0", place.position)],
                     &options,
                 )
-                .query_async::<(StreamRangeReply, Option<String>, Option<StreamReadReply>)>(&mut conn)
+                .query_async::<(StreamRangeReply, Option<String>, Option<StreamReadReply>)>(
+                    &mut conn,
+                )
                 .await
         };
         let (oldest, epoch, reply) = tokio::select! {
