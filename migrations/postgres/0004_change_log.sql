@@ -45,7 +45,10 @@ CREATE INDEX IF NOT EXISTS progress_tombstones_by_user_position ON progress_tomb
 -- write every row guarded by the version it was planned on. A missed guard
 -- aborts all of it with 40001 and the writer plans again. Returns the
 -- position before the first one taken; commit wakes every replica's tailer.
--- op: 0 insert, 1 update, 2 delete; pos: the row's position offset (1-based).
+-- op: 0 insert, 1 update, 2 delete, 3 delete marker only (a record created and
+-- deleted within the batch: the create's position was acknowledged, so a reader
+-- holding it must learn of the delete; written only while the row is still
+-- absent, checked under the counter's lock); pos: the position offset (1-based).
 CREATE OR REPLACE FUNCTION mangahub_write_batch(
     u text[], m int8[], c int8[], p int4[], s text[], v int8[], t int8[], ev int8[],
     op int2[], pos int4[], dev text[], orig text[], priv bool[], n_positions int4)
@@ -81,6 +84,10 @@ BEGIN
      WHERE x.op = 2 AND r.user_id = x.u AND r.manga_id = x.m AND r.version = x.ev;
     GET DIAGNOSTICS cnt = ROW_COUNT;
     written := written + cnt;
+    SELECT count(*) INTO cnt FROM UNNEST(u, m, op) AS x(u, m, op)
+     WHERE x.op = 3 AND NOT EXISTS (SELECT 1 FROM user_progress AS r
+                                     WHERE r.user_id = x.u AND r.manga_id = x.m);
+    written := written + cnt;
     IF written <> cardinality(u) THEN
         RAISE EXCEPTION 'guarded write matched % of % rows', written, cardinality(u)
             USING ERRCODE = '40001';
@@ -88,7 +95,7 @@ BEGIN
     -- Delete markers for deletes; a record created again drops its marker.
     INSERT INTO progress_tombstones (user_id, manga_id, change_seq, origin, deleted_at)
     SELECT x.u, x.m, base + x.pos, x.orig, now()
-      FROM UNNEST(u, m, op, pos, orig) AS x(u, m, op, pos, orig) WHERE x.op = 2
+      FROM UNNEST(u, m, op, pos, orig) AS x(u, m, op, pos, orig) WHERE x.op IN (2, 3)
     ON CONFLICT (user_id, manga_id) DO UPDATE
        SET change_seq = EXCLUDED.change_seq, origin = EXCLUDED.origin, deleted_at = now();
     DELETE FROM progress_tombstones AS d

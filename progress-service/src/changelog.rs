@@ -11,30 +11,66 @@ use crate::events::ChangeEvent;
 use crate::store::StoreError;
 
 /// A reader's place in the log: changes after `position` of log `epoch`.
+///
+/// `complete_at`: the holder's state is already complete up to this later
+/// position except for records after `position` (a full-state read in
+/// pages): it needs deletes only after `complete_at`, so only those must
+/// still be kept for the cursor to be valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogCursor {
     pub epoch: String,
     pub position: i64,
+    pub complete_at: Option<i64>,
 }
 
 impl LogCursor {
-    /// Opaque text: `<epoch>.<position>`.
+    pub fn at(epoch: &str, position: i64) -> Self {
+        Self {
+            epoch: epoch.to_owned(),
+            position,
+            complete_at: None,
+        }
+    }
+
+    /// Opaque text: `<epoch>.<position>`, or `<epoch>.<position>.<complete_at>`.
     pub fn encode(&self) -> String {
-        format!("{}.{}", self.epoch, self.position)
+        match self.complete_at {
+            Some(at) => format!("{}.{}.{at}", self.epoch, self.position),
+            None => format!("{}.{}", self.epoch, self.position),
+        }
     }
 
     /// Parses a cursor given in `field`; the epoch is checked by the store.
     pub fn decode(field: &'static str, text: &str) -> Result<Self, ValidationError> {
         let bad = || ValidationError::new(field, "not a cursor returned by this service");
-        let (epoch, position) = text.rsplit_once('.').ok_or_else(bad)?;
-        let position: i64 = position.parse().map_err(|_| bad())?;
-        if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_alphanumeric()) || position < 0 {
+        let mut parts = text.split('.');
+        let epoch = parts.next().ok_or_else(bad)?;
+        let number = |part: Option<&str>| -> Result<i64, ValidationError> {
+            part.ok_or_else(bad)?
+                .parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(bad)
+        };
+        let position = number(parts.next())?;
+        let complete_at = parts.next().map(|p| number(Some(p))).transpose()?;
+        if parts.next().is_some()
+            || epoch.is_empty()
+            || !epoch.bytes().all(|b| b.is_ascii_alphanumeric())
+            || complete_at.is_some_and(|at| at < position)
+        {
             return Err(bad());
         }
         Ok(Self {
             epoch: epoch.to_owned(),
             position,
+            complete_at,
         })
+    }
+
+    /// The position after which the holder needs every delete.
+    pub fn deletes_after(&self) -> i64 {
+        self.complete_at.unwrap_or(self.position).max(self.position)
     }
 }
 
@@ -48,6 +84,27 @@ pub struct LogQuery {
     pub limit: usize,
     /// `false`: only records (a full state read from position 0).
     pub deletes: bool,
+    /// Deletes after this position must all still be kept, else the read
+    /// is `Expired` (usually `after`; see `LogCursor::complete_at`).
+    pub deletes_after: i64,
+}
+
+impl LogQuery {
+    /// Changes (deletes included) after `cursor`.
+    pub fn after(user_id: Option<String>, cursor: &LogCursor, limit: usize) -> Self {
+        Self {
+            user_id,
+            after: cursor.position,
+            limit,
+            deletes: true,
+            deletes_after: cursor.deletes_after(),
+        }
+    }
+
+    /// Expired when deletes this query needs may have been pruned.
+    pub fn expired(&self, pruned_through: i64) -> bool {
+        self.deletes && self.deletes_after < pruned_through
+    }
 }
 
 /// Changes in position order, each record at most once at its latest state,
@@ -93,12 +150,19 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_reject_garbage() {
-        let c = LogCursor {
-            epoch: "a1b2c3".into(),
-            position: 42,
-        };
+        let c = LogCursor::at("a1b2c3", 42);
         assert_eq!(LogCursor::decode("after", &c.encode()).expect("valid"), c);
+        let paged = LogCursor {
+            complete_at: Some(50),
+            ..c.clone()
+        };
+        assert_eq!(paged.encode(), "a1b2c3.42.50");
+        assert_eq!(LogCursor::decode("after", "a1b2c3.42.50").expect("valid"), paged);
+        assert_eq!(paged.deletes_after(), 50);
         for bad in [
+            "abc.5.4",
+            "abc.1.2.3",
+            "abc.1.",
             "",
             "42",
             ".42",

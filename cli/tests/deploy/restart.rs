@@ -1,16 +1,17 @@
-//! The real `progress-service` process, killed with SIGKILL and restarted on
-//! the same SQLite file while devices stay connected to the real `gateway`
-//! and keep writing. The gateway resumes its event stream from the cursor of
-//! the last event it delivered, so every device receives every acknowledged
-//! update of the user's other devices exactly once, and nobody is told
-//! `RESYNC` (so nobody re-reads its list).
+//! The real `progress-service` process, stopped (SIGKILL, or SIGTERM and its
+//! drain) and restarted on the same SQLite file and port while devices stay
+//! connected to the real `gateway` and never stop writing: before the stop,
+//! through the down time and the restart, and for a while after. The gateway
+//! resumes its event stream from the cursor of the last event it delivered,
+//! so every device receives every acknowledged update of the user's other
+//! devices exactly once, nobody is told `RESYNC`, and nobody re-reads.
 //!
-//! A resumed stream replays each record at its latest state. So that every
-//! acknowledged update stays visible as itself, the devices pause from just
-//! before the restart until the gateway's stream is back (writes landing in
-//! that window would be folded into the record's next state). The one fold
-//! left is the kill's own: an update applied but never acknowledged (its
-//! reply died with the process) may stand in for the acknowledged one before it.
+//! A resumed stream replays each record at its latest state, which could
+//! hide an update behind a later one of the same record. Here no two updates
+//! share a record (each device counts its own manga ids up), so nothing can
+//! be folded and every update is visible as itself. An update that got an
+//! error (the service was down, or its reply died with the process) may or
+//! may not have been applied: it must then arrive at most once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 use testkit::{free_port, http_get, wait_until};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -33,10 +33,24 @@ const STEP: Duration = Duration::from_secs(60);
 const SECRET: &str = "restart-test-secret";
 const USERS: [&str; 2] = ["rhea", "saul"];
 const DEVICES: [&str; 3] = ["phone", "tablet", "desktop"];
-/// Each device writes one update per tick (the rate limits are raised).
-const PACE: Duration = Duration::from_millis(20);
-/// Acknowledged updates each device makes before the kill and after the restart.
-const ACKS_PER_PHASE: usize = 5;
+/// Each device writes one update per tick, the next once the last one is
+/// answered (the rate limits are raised).
+const PACE: Duration = Duration::from_millis(10);
+/// Acknowledged updates each device makes before the stop.
+const ACKS_BEFORE: usize = 20;
+/// Acknowledged updates each device makes once the gateway's stream is back.
+const ACKS_AFTER: usize = 100;
+/// Device `i`'s manga ids are `(i + 1) * MANGA_BLOCK + 1, + 2, …`: one fresh
+/// record per update.
+const MANGA_BLOCK: i64 = 1_000_000_000;
+
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// `kill -9`: no shutdown path runs, replies in flight are lost.
+    Kill,
+    /// SIGTERM: the service ends its streams and drains in-flight calls.
+    Terminate,
+}
 
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], free_port().expect("free port")))
@@ -46,23 +60,35 @@ fn loopback() -> SocketAddr {
 enum Phase {
     Writing,
     /// Stop writing; keep reading.
-    Paused,
+    Reading,
     Done,
+}
+
+/// One `progress_broadcast` a device received.
+#[derive(Debug, Clone)]
+struct Received {
+    user_id: String,
+    manga_id: i64,
+    version: i64,
+    device: String,
+    channel: String,
+    cursor: String,
 }
 
 /// What one device did and saw.
 #[derive(Debug, Default)]
 struct DeviceLog {
-    /// Chapters of its own manga, acknowledged as applied.
-    acked: Vec<u64>,
-    /// Chapters whose update got an error (possibly applied all the same).
-    failed: Vec<u64>,
-    /// `(manga_id, chapter, device)` of every `progress_broadcast`.
-    received: Vec<(i64, u64, String)>,
-    /// Every `system` message (a `RESYNC` would land here).
-    system: Vec<String>,
-    /// No update of its own is waiting for a reply.
-    idle: bool,
+    /// Manga ids of its updates acknowledged as applied.
+    acked: Vec<i64>,
+    /// Manga ids and error codes of its updates that got an error (possibly
+    /// applied all the same).
+    failed: Vec<(i64, String)>,
+    /// Every `progress_broadcast`, in arrival order.
+    received: Vec<Received>,
+    /// Every other message not asked for (a `RESYNC` would land here).
+    unexpected: Vec<String>,
+    /// An update of its own is waiting for a reply.
+    pending: bool,
 }
 
 type Log = Arc<Mutex<DeviceLog>>;
@@ -70,57 +96,72 @@ type Log = Arc<Mutex<DeviceLog>>;
 struct Device {
     user: &'static str,
     name: &'static str,
-    manga: i64,
     log: Log,
 }
 
-fn token(user: &str) -> String {
-    let exp = chrono::Utc::now().timestamp() + 3600;
-    jsonwebtoken::encode(
-        &Header::default(),
-        &json!({"user_id": user, "exp": exp}),
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-    )
-    .expect("sign token")
+impl Device {
+    /// Every manga id it sent an update for: acknowledged or failed.
+    fn sent(&self) -> BTreeSet<i64> {
+        let log = self.log.lock().expect("log");
+        log.acked
+            .iter()
+            .copied()
+            .chain(log.failed.iter().map(|f| f.0))
+            .collect()
+    }
 }
 
-/// One device: authenticates, waits for the others, then writes its own
-/// manga's chapter 1, 2, 3… one update at a time while recording everything
-/// it receives, until the phase says `Done`.
+/// A token from `mangahub token`, the crate's own minting.
+async fn token(user: &str) -> String {
+    let env = [("JWT_SECRET".to_owned(), SECRET.to_owned())].into();
+    let out = process::run(
+        &binaries::path(MANGAHUB),
+        &["token", "--user", user, "--ttl", "1h"],
+        &env,
+    )
+    .await;
+    out.trim().to_owned()
+}
+
+/// One device: authenticates, waits for the others, then writes one update
+/// per tick, each to a fresh record of its own, while recording everything
+/// it receives; writes while the phase is `Writing`, reads until `Done`.
 async fn run_device(
     gateway: SocketAddr,
-    device: (&'static str, &'static str, i64),
+    device: (&'static str, &'static str, i64, String),
     log: Log,
     start: Arc<Barrier>,
     mut phase: watch::Receiver<Phase>,
 ) -> anyhow::Result<()> {
-    let (user, name, manga) = device;
+    let (user, name, first_manga, token) = device;
+    let who = format!("{user}/{name}");
     let stream = TcpStream::connect(gateway).await?;
     stream.set_nodelay(true)?;
     let (read, mut write) = stream.into_split();
     let mut lines = BufReader::new(read).lines();
     let send = |value: Value| format!("{value}\n");
-    let auth = json!({"type":"auth","data":{"token":token(user),"device":name}});
+    let auth = json!({"type":"auth","data":{"token":token,"device":name}});
     write.write_all(send(auth).as_bytes()).await?;
     let reply: Value = serde_json::from_str(&lines.next_line().await?.context("closed in auth")?)?;
     if reply["success"] != true {
-        bail!("{user}/{name}: auth failed: {reply}");
+        bail!("{who}: auth failed: {reply}");
     }
     start.wait().await;
 
     let mut tick = tokio::time::interval(PACE);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut chapter = 0u64;
-    let mut pending = false;
+    let mut next_manga = first_manga;
+    let mut pending = None;
     loop {
         let writing = *phase.borrow() == Phase::Writing;
         tokio::select! {
-            _ = tick.tick(), if writing && !pending => {
-                chapter += 1;
-                let update = json!({"type":"progress_update","id":chapter,"data":{"manga_id":manga,"chapter":chapter}});
+            _ = tick.tick(), if writing && pending.is_none() => {
+                let manga = next_manga;
+                next_manga += 1;
+                let update = json!({"type":"progress_update","id":manga,"data":{"manga_id":manga,"chapter":7}});
+                log.lock().expect("log").pending = true;
                 write.write_all(send(update).as_bytes()).await?;
-                pending = true;
-                log.lock().expect("log").idle = false;
+                pending = Some(manga);
             }
             changed = phase.changed() => {
                 if changed.is_err() || *phase.borrow() == Phase::Done {
@@ -128,33 +169,41 @@ async fn run_device(
                 }
             }
             line = lines.next_line() => {
-                let line = line?.with_context(|| format!("{user}/{name}: the gateway closed the connection"))?;
+                let line = line?.with_context(|| format!("{who}: the gateway closed the connection"))?;
                 let message: Value = serde_json::from_str(&line)?;
                 let mut log = log.lock().expect("log");
-                match message["type"].as_str() {
-                    Some("progress_ack") => {
-                        if message["applied"] != true {
-                            bail!("{user}/{name}: a forward update not applied: {message}");
-                        }
-                        log.acked.push(message["id"].as_u64().context("ack id")?);
-                    }
-                    Some("error") => log.failed.push(message["id"].as_u64().context("error id")?),
-                    Some("progress_broadcast") => {
-                        let data = &message["data"];
-                        log.received.push((
-                            data["manga_id"].as_i64().context("manga_id")?,
-                            data["chapter"].as_u64().context("chapter")?,
-                            data["device"].as_str().unwrap_or_default().to_owned(),
-                        ));
-                        continue;
-                    }
-                    _ => {
-                        log.system.push(line);
-                        continue;
-                    }
+                let kind = message["type"].as_str().unwrap_or_default();
+                if kind == "progress_broadcast" {
+                    let data = &message["data"];
+                    log.received.push(Received {
+                        user_id: data["user_id"].as_str().context("user_id")?.to_owned(),
+                        manga_id: data["manga_id"].as_i64().context("manga_id")?,
+                        version: data["version"].as_i64().context("version")?,
+                        device: data["device"].as_str().unwrap_or_default().to_owned(),
+                        channel: message["channel"].as_str().unwrap_or_default().to_owned(),
+                        cursor: message["cursor"].as_str().unwrap_or_default().to_owned(),
+                    });
+                    continue;
                 }
-                pending = false;
-                log.idle = true;
+                let Some(manga) = pending.filter(|m| message["id"] == *m) else {
+                    log.unexpected.push(line);
+                    continue;
+                };
+                match kind {
+                    "progress_ack" => {
+                        if message["applied"] != true || message["cursor"].as_str().is_none_or(str::is_empty) {
+                            bail!("{who}: an update of a fresh record not applied, or without a cursor: {message}");
+                        }
+                        log.acked.push(manga);
+                    }
+                    "error" => {
+                        let code = message["code"].as_str().unwrap_or_default().to_owned();
+                        log.failed.push((manga, code));
+                    }
+                    _ => bail!("{who}: unexpected reply to an update: {message}"),
+                }
+                pending = None;
+                log.pending = false;
             }
         }
     }
@@ -194,8 +243,23 @@ async fn gateway_ready(admin: SocketAddr) -> bool {
     matches!(http_get(admin, "/readyz").await, Ok((200, _)))
 }
 
-fn each_device(logs: &[Device], test: impl Fn(&DeviceLog) -> bool) -> bool {
-    logs.iter().all(|d| test(&d.log.lock().expect("log")))
+fn each_device(devices: &[Device], test: impl Fn(&DeviceLog) -> bool) -> bool {
+    devices.iter().all(|d| test(&d.log.lock().expect("log")))
+}
+
+fn acked_counts(devices: &[Device]) -> Vec<usize> {
+    devices
+        .iter()
+        .map(|d| d.log.lock().expect("log").acked.len())
+        .collect()
+}
+
+/// Whether every device has `more` acknowledged updates than in `base`.
+fn acked_since(devices: &[Device], base: &[usize], more: usize) -> bool {
+    devices
+        .iter()
+        .zip(base)
+        .all(|(d, before)| d.log.lock().expect("log").acked.len() >= before + more)
 }
 
 /// A counter's total over its label sets in a Prometheus text page.
@@ -207,7 +271,17 @@ fn metric(page: &str, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_progress_service_restarts_and_devices_miss_nothing_and_get_no_resync() {
+async fn a_killed_progress_service_restarts_and_writing_devices_miss_nothing_and_get_no_resync() {
+    restart_under_load(Stop::Kill).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_progress_service_restarts_and_writing_devices_miss_nothing_and_get_no_resync()
+{
+    restart_under_load(Stop::Terminate).await;
+}
+
+async fn restart_under_load(stop: Stop) {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("progress.db");
     let grpc = loopback();
@@ -233,49 +307,51 @@ async fn a_killed_progress_service_restarts_and_devices_miss_nothing_and_get_no_
         .wait_ready(STEP, || gateway_ready(gateway_admin))
         .await;
 
+    let mut tokens = BTreeMap::new();
+    for user in USERS {
+        tokens.insert(user, token(user).await);
+    }
     let (phase_tx, phase) = watch::channel(Phase::Writing);
     let start = Arc::new(Barrier::new(USERS.len() * DEVICES.len()));
     let mut devices = Vec::new();
     let mut tasks = Vec::new();
     for user in USERS {
         for (i, name) in DEVICES.into_iter().enumerate() {
-            let manga = i64::try_from(i).expect("small") + 1;
+            let first_manga = (i64::try_from(i).expect("small") + 1) * MANGA_BLOCK + 1;
             let log = Log::default();
             tasks.push(tokio::spawn(run_device(
                 tcp,
-                (user, name, manga),
+                (user, name, first_manga, tokens[user].clone()),
                 log.clone(),
                 start.clone(),
                 phase.clone(),
             )));
-            devices.push(Device {
-                user,
-                name,
-                manga,
-                log,
-            });
+            devices.push(Device { user, name, log });
         }
     }
 
-    wait_until(STEP, "acknowledged updates before the kill", || {
-        let done = each_device(&devices, |log| log.acked.len() >= ACKS_PER_PHASE);
+    wait_until(STEP, "acknowledged updates before the stop", || {
+        let done = acked_since(&devices, &[0; USERS.len() * DEVICES.len()], ACKS_BEFORE);
         async move { done }
     })
     .await
     .expect("devices write");
 
-    // kill -9 while they write; the gateway notices its stream is gone, and
-    // the devices' updates fail meanwhile.
-    progress.kill(STEP).await;
-    let acked_at_kill: Vec<usize> = devices
-        .iter()
-        .map(|d| d.log.lock().expect("log").acked.len())
-        .collect();
+    // Stopped while they write; the gateway notices its stream is gone, and
+    // the devices' updates fail meanwhile (they keep writing).
+    match stop {
+        Stop::Kill => progress.kill(STEP).await,
+        Stop::Terminate => {
+            progress.terminate();
+            let status = progress.wait(STEP).await;
+            assert!(status.success(), "the progress service's SIGTERM exit: {status}");
+        }
+    }
     wait_until(STEP, "the gateway to report its stream down", || async {
         !gateway_ready(gateway_admin).await
     })
     .await
-    .expect("the gateway notices the kill");
+    .expect("the gateway notices the stop");
     wait_until(STEP, "updates to fail during the outage", || {
         let done = each_device(&devices, |log| !log.failed.is_empty());
         async move { done }
@@ -283,68 +359,52 @@ async fn a_killed_progress_service_restarts_and_devices_miss_nothing_and_get_no_
     .await
     .expect("devices keep writing into the outage");
 
-    phase_tx.send_replace(Phase::Paused);
-    wait_until(STEP, "the devices to pause", || {
-        let done = each_device(&devices, |log| log.idle);
-        async move { done }
-    })
-    .await
-    .expect("paused");
+    // Same file, same port; the devices still write.
     let _progress = start_progress(grpc, &db).await;
     wait_until(STEP, "the gateway's stream to come back", || {
         gateway_ready(gateway_admin)
     })
     .await
     .expect("the gateway resumes");
-    phase_tx.send_replace(Phase::Writing);
+    let acked_at_resume = acked_counts(&devices);
     wait_until(STEP, "acknowledged updates after the restart", || {
-        let done = devices
-            .iter()
-            .zip(&acked_at_kill)
-            .all(|(d, before)| d.log.lock().expect("log").acked.len() >= before + ACKS_PER_PHASE);
+        let done = acked_since(&devices, &acked_at_resume, ACKS_AFTER);
         async move { done }
     })
     .await
-    .expect("devices write again after the restart");
+    .expect("devices write on after the restart");
 
-    // Stop writing; once every device has received each other device's last
-    // acknowledged chapter, everything before it has arrived too (one user's
-    // events come in the order of their positions).
-    phase_tx.send_replace(Phase::Paused);
+    // Stop writing, then wait for every acknowledged update to arrive at
+    // each of the user's other devices.
+    phase_tx.send_replace(Phase::Reading);
     wait_until(STEP, "every device's last update to be answered", || {
-        let done = each_device(&devices, |log| log.idle);
+        let done = each_device(&devices, |log| !log.pending);
         async move { done }
     })
     .await
     .expect("replies to the last updates");
-    let last_acked: BTreeMap<(&str, i64), u64> = devices
+    let acked: Vec<BTreeSet<i64>> = devices
         .iter()
-        .map(|d| {
-            let log = d.log.lock().expect("log");
-            (
-                (d.user, d.manga),
-                log.acked.iter().copied().max().unwrap_or(0),
-            )
-        })
+        .map(|d| d.log.lock().expect("log").acked.iter().copied().collect())
         .collect();
     wait_until(
         STEP,
-        "every acknowledged update to reach the other devices",
+        "every acknowledged update to reach the user's other devices",
         || {
-            let done = devices.iter().all(|d| {
-                let log = d.log.lock().expect("log");
-                last_acked
+            let done = devices.iter().enumerate().all(|(r, receiver)| {
+                let log = receiver.log.lock().expect("log");
+                let got: BTreeSet<i64> = log.received.iter().map(|e| e.manga_id).collect();
+                devices
                     .iter()
-                    .filter(|((user, manga), _)| *user == d.user && *manga != d.manga)
-                    .all(|(&(_, manga), &chapter)| {
-                        log.received.iter().any(|r| (r.0, r.1) == (manga, chapter))
-                    })
+                    .enumerate()
+                    .filter(|(s, sender)| *s != r && sender.user == receiver.user)
+                    .all(|(s, _)| acked[s].is_subset(&got))
             });
             async move { done }
         },
     )
     .await
-    .expect("delivered");
+    .expect("every acknowledged update delivered");
     phase_tx.send_replace(Phase::Done);
     for task in tasks {
         task.await.expect("device task").expect("device");
@@ -353,61 +413,80 @@ async fn a_killed_progress_service_restarts_and_devices_miss_nothing_and_get_no_
     for receiver in &devices {
         let log = receiver.log.lock().expect("log");
         let who = format!("{}/{}", receiver.user, receiver.name);
-        assert!(log.system.is_empty(), "{who} was told {:?}", log.system);
+        assert!(log.unexpected.is_empty(), "{who} was told {:?}", log.unexpected);
+        for event in &log.received {
+            assert!(
+                event.user_id == receiver.user && event.channel == "user",
+                "{who} got another user's update, or on another channel: {event:?}"
+            );
+            assert!(!event.cursor.is_empty(), "{who}: an event without a cursor: {event:?}");
+            // A fresh record has version 1: nothing was applied twice.
+            assert_eq!(event.version, 1, "{who}: {event:?}");
+        }
+        let mut from_somebody = BTreeSet::new();
         for sender in devices.iter().filter(|d| d.user == receiver.user) {
-            let got: Vec<u64> = log
+            let sent = sender.sent();
+            let got: Vec<i64> = log
                 .received
                 .iter()
-                .filter(|r| r.0 == sender.manga)
-                .map(|r| r.1)
+                .filter(|e| sent.contains(&e.manga_id))
+                .map(|e| e.manga_id)
                 .collect();
+            from_somebody.extend(got.iter().copied());
             if sender.name == receiver.name {
                 assert!(got.is_empty(), "{who} got its own updates back: {got:?}");
                 continue;
             }
-            let sent = sender.log.lock().expect("log");
-            let distinct: BTreeSet<u64> = got.iter().copied().collect();
+            let distinct: BTreeSet<i64> = got.iter().copied().collect();
             assert_eq!(
                 distinct.len(),
                 got.len(),
                 "{who}: duplicates from {}: {got:?}",
                 sender.name
             );
+            // One device's updates commit one after another.
             assert!(
                 got.windows(2).all(|w| w[0] < w[1]),
                 "{who}: {}'s updates out of order: {got:?}",
                 sender.name
             );
-            for chapter in &sent.acked {
-                // Missing only if folded into the unacknowledged update the kill cut off.
-                let folded = got
-                    .iter()
-                    .find(|c| *c > chapter)
-                    .is_some_and(|next| sent.failed.contains(next));
-                assert!(
-                    distinct.contains(chapter) || folded,
-                    "{who} never got {}'s acknowledged chapter {chapter}: got {got:?}, acked {:?}, failed {:?}",
-                    sender.name,
-                    sent.acked,
-                    sent.failed
-                );
-            }
-            for chapter in &distinct {
-                assert!(
-                    sent.acked.contains(chapter) || sent.failed.contains(chapter),
-                    "{who} got chapter {chapter} {} never sent",
-                    sender.name
-                );
-            }
+            let sender_log = sender.log.lock().expect("log");
+            let missing: Vec<i64> = sender_log
+                .acked
+                .iter()
+                .copied()
+                .filter(|m| !distinct.contains(m))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{who} never got {}'s acknowledged updates {missing:?}",
+                sender.name
+            );
             assert!(
                 log.received
                     .iter()
-                    .filter(|r| r.0 == sender.manga)
-                    .all(|r| r.2 == sender.name),
+                    .filter(|e| sent.contains(&e.manga_id))
+                    .all(|e| e.device == sender.name),
                 "{who}: events from {} name another device",
                 sender.name
             );
         }
+        let strays: Vec<&Received> = log
+            .received
+            .iter()
+            .filter(|e| !from_somebody.contains(&e.manga_id))
+            .collect();
+        assert!(strays.is_empty(), "{who} got updates nobody sent: {strays:?}");
+    }
+    for device in &devices {
+        let log = device.log.lock().expect("log");
+        let codes: BTreeSet<&str> = log.failed.iter().map(|f| f.1.as_str()).collect();
+        assert!(
+            codes.iter().all(|c| *c == "UNAVAILABLE"),
+            "{}/{}: updates failed with {codes:?}",
+            device.user,
+            device.name
+        );
     }
 
     let (status, page) = http_get(gateway_admin, "/metrics").await.expect("/metrics");
@@ -417,10 +496,12 @@ async fn a_killed_progress_service_restarts_and_devices_miss_nothing_and_get_no_
         metric(&page, "gateway_watch_resumes_total") >= 1.0,
         "{page}"
     );
-    assert!(
-        !page.contains("method=\"ListProgress\""),
-        "no re-list by anyone: {page}"
-    );
+    for method in ["ListProgress", "SyncProgress"] {
+        assert!(
+            !page.contains(&format!("method=\"{method}\"")),
+            "no re-read ({method}) by anyone: {page}"
+        );
+    }
     gateway.terminate();
     assert!(gateway.wait(STEP).await.success());
 }

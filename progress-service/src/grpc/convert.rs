@@ -79,9 +79,5 @@ pub fn event(ev: &ChangeEvent, epoch: &str) -> pb::ProgressEvent {
 }
 
 pub fn cursor(epoch: &str, position: i64) -> String {
-    LogCursor {
-        epoch: epoch.to_owned(),
-        position,
-    }
-    .encode()
+    LogCursor::at(epoch, position).encode()
 }

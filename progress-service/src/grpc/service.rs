@@ -204,28 +204,49 @@ impl ProgressService for ProgressApi {
                 ));
             }
         };
-        let (after, deletes) = match req.after.as_str() {
-            "" => (0, false),
-            text => (self.position_of(text)?, true),
+        let epoch = self.store.epoch();
+        let (query, complete_at) = match req.after.as_str() {
+            // The full state: records only.
+            "" => {
+                let query = LogQuery {
+                    user_id: Some(req.user_id),
+                    after: 0,
+                    limit: limit + 1,
+                    deletes: false,
+                    deletes_after: 0,
+                };
+                (query, None)
+            }
+            text => {
+                let cursor = self.cursor_of(text)?;
+                let query = LogQuery::after(Some(req.user_id), &cursor, limit + 1);
+                (query, cursor.complete_at)
+            }
         };
-        let query = LogQuery {
-            user_id: Some(req.user_id),
-            after,
-            limit: limit + 1,
-            deletes,
-        };
+        let full_state = !query.deletes;
         let mut page = timed("sync", self.store.read_log(&query)).await?;
         let more = page.changes.len() > limit;
         page.changes.truncate(limit);
-        let next = page.next_after(limit, after);
-        let epoch = self.store.epoch();
+        let next = page.next_after(limit, query.after);
+        // A page of a full state (or the rest of one) is complete up to the
+        // head the first page was read at, apart from records after `next`:
+        // the holder needs only the deletes after that head.
+        let complete_at = match (full_state, complete_at) {
+            (true, _) => Some(page.head),
+            (false, at) => at,
+        }
+        .filter(|at| more && *at > next);
+        let cursor = LogCursor {
+            complete_at,
+            ..LogCursor::at(epoch, next)
+        };
         Ok(Response::new(pb::SyncProgressResponse {
             changes: page
                 .changes
                 .iter()
                 .map(|e| convert::event(e, epoch))
                 .collect(),
-            cursor: convert::cursor(epoch, next),
+            cursor: cursor.encode(),
             more,
         }))
     }
@@ -254,9 +275,9 @@ impl ProgressService for ProgressApi {
                 None
             }
             text => {
-                let after = self.position_of(text)?;
+                let cursor = self.cursor_of(text)?;
                 // The first page is read here, so an expired cursor fails the call.
-                let query = filter.log_query(after);
+                let query = filter.log_query(&cursor);
                 let first = timed("watch_replay", self.store.read_log(&query)).await?;
                 Some((query, first))
             }
@@ -278,14 +299,14 @@ impl ProgressService for ProgressApi {
 }
 
 impl ProgressApi {
-    /// The position of a cursor given as `after`; one of another log
-    /// (another database, or a wiped one) is expired.
-    fn position_of(&self, text: &str) -> Result<i64, Status> {
+    /// A cursor given as `after`; one of another log (another database, or
+    /// a wiped one) is expired.
+    fn cursor_of(&self, text: &str) -> Result<LogCursor, Status> {
         let cursor = LogCursor::decode("after", text)?;
         if cursor.epoch != self.store.epoch() {
             return Err(LogError::Expired.into());
         }
-        Ok(cursor.position)
+        Ok(cursor)
     }
 }
 
@@ -341,17 +362,12 @@ impl WatchFilter {
 
     /// The log read a replay starts with: one user's changes when the
     /// filter names exactly one, else everyone's (filtered here).
-    fn log_query(&self, after: i64) -> LogQuery {
+    fn log_query(&self, cursor: &LogCursor) -> LogQuery {
         let user_id = match self.users.len() {
             1 => self.users.iter().next().cloned(),
             _ => None,
         };
-        LogQuery {
-            user_id,
-            after,
-            limit: REPLAY_PAGE,
-            deletes: true,
-        }
+        LogQuery::after(user_id, cursor, REPLAY_PAGE)
     }
 }
 

@@ -148,7 +148,7 @@ pub(crate) async fn read_log_rows(
     head: i64,
     pruned_through: i64,
 ) -> Result<Vec<ChangeEvent>, LogError> {
-    if query.deletes && query.after < pruned_through {
+    if query.expired(pruned_through) {
         return Err(LogError::Expired);
     }
     let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
@@ -306,6 +306,7 @@ impl Tailer {
                 after: position,
                 limit: TAIL_PAGE,
                 deletes: true,
+                deletes_after: position,
             };
             let changes = read_log_rows(&self.pool, &query, head, pruned).await?;
             let page = LogPage { changes, head };

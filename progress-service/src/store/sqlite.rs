@@ -214,7 +214,7 @@ impl ProgressStore for SqliteStore {
                 sqlx::query_as("SELECT pruned_through FROM progress_change_log WHERE id = 1")
                     .fetch_one(&self.reads)
                     .await?;
-            if query.after < pruned {
+            if query.expired(pruned) {
                 return Err(LogError::Expired);
             }
         }
