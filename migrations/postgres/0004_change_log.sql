@@ -34,8 +34,9 @@ VALUES (1, substr(md5(random()::text || clock_timestamp()::text), 1, 16),
                  (SELECT COALESCE(max(change_seq), 0) FROM progress_tombstones)))
 ON CONFLICT (id) DO NOTHING;
 
+-- One user's changes are read through the primary key (user_id, …); all
+-- users' (the tailers) by position.
 CREATE INDEX IF NOT EXISTS user_progress_by_position ON user_progress (change_seq);
-CREATE INDEX IF NOT EXISTS user_progress_by_user_position ON user_progress (user_id, change_seq);
 CREATE INDEX IF NOT EXISTS progress_tombstones_by_position ON progress_tombstones (change_seq);
 CREATE INDEX IF NOT EXISTS progress_tombstones_by_user_position ON progress_tombstones (user_id, change_seq);
 

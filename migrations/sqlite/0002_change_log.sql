@@ -19,6 +19,8 @@ CREATE TABLE IF NOT EXISTS progress_tombstones (
 CREATE TABLE IF NOT EXISTS progress_change_log (
     id             INTEGER PRIMARY KEY CHECK (id = 1),
     epoch          TEXT    NOT NULL,
+    -- Positions of rows written before the log; later, the last position
+    -- is the tables' maximum (every batch writes its last change).
     last_position  INTEGER NOT NULL,
     pruned_through INTEGER NOT NULL DEFAULT 0
 );
@@ -32,7 +34,14 @@ UPDATE user_progress SET change_seq = n.rn
 INSERT OR IGNORE INTO progress_change_log (id, epoch, last_position)
 VALUES (1, lower(hex(randomblob(8))), (SELECT COALESCE(max(change_seq), 0) FROM user_progress));
 
+-- A record created again drops its delete marker, in the writing statement.
+CREATE TRIGGER IF NOT EXISTS user_progress_created_drops_marker AFTER INSERT ON user_progress
+BEGIN
+    DELETE FROM progress_tombstones WHERE user_id = NEW.user_id AND manga_id = NEW.manga_id;
+END;
+
+-- One user's changes are read through the primary key (user_id, …); all
+-- users' by position.
 CREATE INDEX IF NOT EXISTS user_progress_by_position ON user_progress (change_seq);
-CREATE INDEX IF NOT EXISTS user_progress_by_user_position ON user_progress (user_id, change_seq);
 CREATE INDEX IF NOT EXISTS progress_tombstones_by_position ON progress_tombstones (change_seq);
 CREATE INDEX IF NOT EXISTS progress_tombstones_by_user_position ON progress_tombstones (user_id, change_seq);

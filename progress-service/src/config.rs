@@ -85,8 +85,9 @@ pub struct Config {
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 16)]
     pub database_max_connections: u32,
 
-    /// Postgres: group-commit transactions in flight at once.
-    #[arg(long, env = "WRITE_SHARDS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// Postgres: group-commit writers of this process. Every batch takes its change-log
+    /// positions under one row lock held to commit, so more writers only queue on it.
+    #[arg(long, env = "WRITE_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub write_shards: u32,
 
     /// Events a watcher may fall behind before its stream ends with a lag error.

@@ -99,14 +99,13 @@ struct Device {
     log: Log,
 }
 
-impl Device {
+impl DeviceLog {
     /// Every manga id it sent an update for: acknowledged or failed.
     fn sent(&self) -> BTreeSet<i64> {
-        let log = self.log.lock().expect("log");
-        log.acked
+        self.acked
             .iter()
             .copied()
-            .chain(log.failed.iter().map(|f| f.0))
+            .chain(self.failed.iter().map(|f| f.0))
             .collect()
     }
 }
@@ -344,7 +343,10 @@ async fn restart_under_load(stop: Stop) {
         Stop::Terminate => {
             progress.terminate();
             let status = progress.wait(STEP).await;
-            assert!(status.success(), "the progress service's SIGTERM exit: {status}");
+            assert!(
+                status.success(),
+                "the progress service's SIGTERM exit: {status}"
+            );
         }
     }
     wait_until(STEP, "the gateway to report its stream down", || async {
@@ -410,48 +412,58 @@ async fn restart_under_load(stop: Stop) {
         task.await.expect("device task").expect("device");
     }
 
-    for receiver in &devices {
-        let log = receiver.log.lock().expect("log");
+    // The devices are done: check their logs as plain data.
+    let logs: Vec<(&Device, DeviceLog)> = devices
+        .iter()
+        .map(|d| (d, std::mem::take(&mut *d.log.lock().expect("log"))))
+        .collect();
+    for (receiver, log) in &logs {
         let who = format!("{}/{}", receiver.user, receiver.name);
-        assert!(log.unexpected.is_empty(), "{who} was told {:?}", log.unexpected);
+        assert!(
+            log.unexpected.is_empty(),
+            "{who} was told {:?}",
+            log.unexpected
+        );
         for event in &log.received {
             assert!(
                 event.user_id == receiver.user && event.channel == "user",
                 "{who} got another user's update, or on another channel: {event:?}"
             );
-            assert!(!event.cursor.is_empty(), "{who}: an event without a cursor: {event:?}");
+            assert!(
+                !event.cursor.is_empty(),
+                "{who}: an event without a cursor: {event:?}"
+            );
             // A fresh record has version 1: nothing was applied twice.
             assert_eq!(event.version, 1, "{who}: {event:?}");
         }
-        let mut from_somebody = BTreeSet::new();
-        for sender in devices.iter().filter(|d| d.user == receiver.user) {
-            let sent = sender.sent();
-            let got: Vec<i64> = log
+        let mut known = BTreeSet::new();
+        for (sender, sent) in logs.iter().filter(|(d, _)| d.user == receiver.user) {
+            let all_sent = sent.sent();
+            let got: Vec<&Received> = log
                 .received
                 .iter()
-                .filter(|e| sent.contains(&e.manga_id))
-                .map(|e| e.manga_id)
+                .filter(|e| all_sent.contains(&e.manga_id))
                 .collect();
-            from_somebody.extend(got.iter().copied());
+            known.extend(got.iter().map(|e| e.manga_id));
             if sender.name == receiver.name {
                 assert!(got.is_empty(), "{who} got its own updates back: {got:?}");
                 continue;
             }
-            let distinct: BTreeSet<i64> = got.iter().copied().collect();
+            let ids: Vec<i64> = got.iter().map(|e| e.manga_id).collect();
+            let distinct: BTreeSet<i64> = ids.iter().copied().collect();
             assert_eq!(
                 distinct.len(),
-                got.len(),
-                "{who}: duplicates from {}: {got:?}",
+                ids.len(),
+                "{who}: duplicates from {}: {ids:?}",
                 sender.name
             );
             // One device's updates commit one after another.
             assert!(
-                got.windows(2).all(|w| w[0] < w[1]),
-                "{who}: {}'s updates out of order: {got:?}",
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "{who}: {}'s updates out of order: {ids:?}",
                 sender.name
             );
-            let sender_log = sender.log.lock().expect("log");
-            let missing: Vec<i64> = sender_log
+            let missing: Vec<i64> = sent
                 .acked
                 .iter()
                 .copied()
@@ -463,10 +475,7 @@ async fn restart_under_load(stop: Stop) {
                 sender.name
             );
             assert!(
-                log.received
-                    .iter()
-                    .filter(|e| sent.contains(&e.manga_id))
-                    .all(|e| e.device == sender.name),
+                got.iter().all(|e| e.device == sender.name),
                 "{who}: events from {} name another device",
                 sender.name
             );
@@ -474,12 +483,28 @@ async fn restart_under_load(stop: Stop) {
         let strays: Vec<&Received> = log
             .received
             .iter()
-            .filter(|e| !from_somebody.contains(&e.manga_id))
+            .filter(|e| !known.contains(&e.manga_id))
             .collect();
-        assert!(strays.is_empty(), "{who} got updates nobody sent: {strays:?}");
+        assert!(
+            strays.is_empty(),
+            "{who} got updates nobody sent: {strays:?}"
+        );
     }
-    for device in &devices {
-        let log = device.log.lock().expect("log");
+    let acked: usize = logs.iter().map(|(_, log)| log.acked.len()).sum();
+    let failed: usize = logs.iter().map(|(_, log)| log.failed.len()).sum();
+    let failed_but_applied = logs
+        .iter()
+        .flat_map(|(sender, log)| log.failed.iter().map(move |f| (sender.user, f.0)))
+        .filter(|(user, manga)| {
+            logs.iter().any(|(d, log)| {
+                d.user == *user && log.received.iter().any(|e| e.manga_id == *manga)
+            })
+        })
+        .count();
+    eprintln!(
+        "{stop:?}: {acked} updates acknowledged, {failed} failed ({failed_but_applied} of them applied and delivered)"
+    );
+    for (device, log) in &logs {
         let codes: BTreeSet<&str> = log.failed.iter().map(|f| f.1.as_str()).collect();
         assert!(
             codes.iter().all(|c| *c == "UNAVAILABLE"),
@@ -488,7 +513,6 @@ async fn restart_under_load(stop: Stop) {
             device.name
         );
     }
-
     let (status, page) = http_get(gateway_admin, "/metrics").await.expect("/metrics");
     assert_eq!(status, 200);
     assert_eq!(metric(&page, "gateway_resyncs_total"), 0.0, "{page}");

@@ -25,7 +25,8 @@ use super::Fanout;
 use crate::backend::Client;
 use crate::protocol::SystemCode;
 
-const FIRST_RETRY: Duration = Duration::from_millis(100);
+/// One stream per gateway: retrying it quickly costs the service little.
+const FIRST_RETRY: Duration = Duration::from_millis(10);
 
 
 const RESYNC_MESSAGE: &str =

@@ -277,8 +277,9 @@ impl SqliteBatch {
         into_records(rows)
     }
 
-    /// Writes a planned batch in one transaction, positions after `base`,
-    /// and records the last position taken.
+    /// Writes a planned batch atomically, positions after `base`. The batch's
+    /// last change is always written (as a row or a delete marker), so the
+    /// last position taken is the tables' maximum: nothing else records it.
     async fn write(&self, writes: &Writes, base: i64) -> Result<(), StoreError> {
         let upserts: Vec<(&Progress, &Stamp)> = writes
             .inserts
@@ -287,7 +288,12 @@ impl SqliteBatch {
             .chain(writes.updates.iter().map(|(p, _, s)| (p, s)))
             .collect();
         let mut conn = self.pool.acquire().await?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        // Upserts alone are one statement (a created record's delete marker
+        // goes with it, by trigger): no transaction needed.
+        let in_tx = !writes.deletes.is_empty() || !writes.markers.is_empty();
+        if in_tx {
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        }
         let result = async {
             if !upserts.is_empty() {
                 let mut insert = QueryBuilder::<Sqlite>::new(concat!(
@@ -318,14 +324,6 @@ impl SqliteBatch {
                 );
                 insert.build().execute(&mut *conn).await?;
             }
-            for (p, _) in &writes.inserts {
-                // A record created again drops its delete marker.
-                sqlx::query("DELETE FROM progress_tombstones WHERE user_id = ? AND manga_id = ?")
-                    .bind(&p.key.user_id)
-                    .bind(p.key.manga_id)
-                    .execute(&mut *conn)
-                    .await?;
-            }
             let now_us = domain::now().timestamp_micros();
             // Markers of records created and deleted within the batch have
             // no row to delete (this process is the only writer).
@@ -354,19 +352,16 @@ impl SqliteBatch {
                 .execute(&mut *conn)
                 .await?;
             }
-            sqlx::query("UPDATE progress_change_log SET last_position = ? WHERE id = 1")
-                .bind(base + i64::from(writes.positions))
-                .execute(&mut *conn)
-                .await?;
             Ok::<_, sqlx::Error>(())
         }
         .await;
-        match result {
-            Ok(()) => sqlx::query("COMMIT").execute(&mut *conn).await.map(drop)?,
-            Err(err) => {
+        match (in_tx, result) {
+            (true, Ok(())) => sqlx::query("COMMIT").execute(&mut *conn).await.map(drop)?,
+            (true, Err(err)) => {
                 let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
                 return Err(err.into());
             }
+            (false, result) => result?,
         }
         Ok(())
     }

@@ -50,6 +50,11 @@ pub struct CatchUpArgs {
     /// Restart: how the service is stopped; a list runs each in turn (term,kill).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "term")]
     pub signal: Vec<Signal>,
+    /// Restart: finally one more restart (SIGTERM) onto an empty database, a
+    /// control: the gateway cannot resume there, so every client must get
+    /// RESYNC; shows the counting sees them.
+    #[arg(long)]
+    pub control: bool,
     /// Restart: one update through gRPC this often, from SERVING until the probe sees one.
     #[arg(long, default_value = "5ms", value_parser = humantime::parse_duration)]
     pub update_interval: Duration,
@@ -74,6 +79,9 @@ pub struct CatchUpArgs {
     /// Sync: `limit` of each sync request.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub limit: u32,
+    /// Sync: rounds of both methods, alternating (sync, reference, sync, …).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: usize,
     /// Sync: UpdateProgressBatch calls in flight while the missed changes are written.
     #[arg(long, default_value_t = 4)]
     pub write_concurrency: usize,
@@ -155,16 +163,27 @@ impl Table {
         }
     }
 
-    /// One CSV row per cell, keyed by the row's first cell.
+    /// One CSV row per cell, keyed by the row's first cell (and its round,
+    /// when the table has that column).
     fn csv_rows(&self) -> Vec<Vec<String>> {
         let clean = |s: &str| s.replace(',', ";");
+        let key_cells = if self.header.get(1) == Some(&"round") {
+            2
+        } else {
+            1
+        };
         let mut out = Vec::new();
         for row in &self.rows {
-            let key = row.first().map_or("", String::as_str);
-            for (column, value) in self.header.iter().zip(row).skip(1) {
+            let key = row
+                .iter()
+                .take(key_cells)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" round ");
+            for (column, value) in self.header.iter().zip(row).skip(key_cells) {
                 out.push(vec![
                     self.scenario.to_owned(),
-                    clean(key),
+                    clean(&key),
                     clean(column),
                     clean(value),
                 ]);

@@ -8,7 +8,7 @@
 //! cost the clients: `RESYNC`s received (each one a client re-reading its
 //! whole list), the gateway's resume and resync counters.
 
-use std::io::Read as _;
+use std::io::{Read as _, Write as _};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -81,6 +81,8 @@ struct Drained {
 /// One restart, measured.
 struct Round {
     signal: super::Signal,
+    /// The control: restarted on an empty database.
+    empty_database: bool,
     stop: Duration,
     start: Duration,
     /// SERVING → first event at each probe device.
@@ -157,6 +159,8 @@ async fn measure(
         clients.len()
     );
 
+    check_drain(&clients).await?;
+
     let probe_user = format!("bench-catchup-{run}-probe");
     let token = crate::token::mint(
         &stack.jwt_secret,
@@ -173,10 +177,21 @@ async fn measure(
     let mut steady = steady_state(&channel, &probe_user, &chapter, &mut probes).await?;
 
     let mut rounds = Vec::new();
-    for &signal in &args.signal {
+    let mut plan: Vec<(super::Signal, bool)> = args.signal.iter().map(|&s| (s, false)).collect();
+    if args.control {
+        plan.push((super::Signal::Term, true));
+    }
+    for (signal, empty_database) in plan {
         let before = stack.gateway_metrics().await?;
-        eprintln!("restart: {signal:?} to progress-service…");
-        let restarted = stack.restart_progress(signal).await?;
+        eprintln!(
+            "restart: {signal:?} to progress-service{}…",
+            if empty_database {
+                ", then start it on an empty database (control)"
+            } else {
+                ""
+            }
+        );
+        let restarted = stack.restart_progress(signal, empty_database).await?;
         let serving_at = restarted.serving_at;
         let first_chapter = chapter.load(Ordering::SeqCst) + 1;
         let updater = tokio::spawn(update_every(
@@ -211,6 +226,7 @@ async fn measure(
         let delta = |name: &str| stack::metric(&after, name) - stack::metric(&before, name);
         rounds.push(Round {
             signal,
+            empty_database,
             stop: restarted.stop,
             start: restarted.start,
             probe: [probe_a, probe_b],
@@ -239,10 +255,11 @@ async fn measure(
             "service stop ms",
             "start to SERVING ms",
             "SERVING to event via gateway ms (probe A / B)",
+            "signal to event via gateway ms",
             "reference: SERVING to event, direct WatchProgress ms",
             "updates until seen",
             "clients still open",
-            "RESYNC received",
+            "RESYNC received (clients / probe pair)",
             "re-lists a client would make",
             "gateway_watch_resumes_total",
             "gateway_resyncs_total",
@@ -250,14 +267,19 @@ async fn measure(
     );
     for r in &rounds {
         table.row(vec![
-            format!("{:?}", r.signal).to_uppercase(),
+            if r.empty_database {
+                format!("{:?} + empty database (control)", r.signal).to_uppercase()
+            } else {
+                format!("{:?}", r.signal).to_uppercase()
+            },
             ms(r.stop),
             ms(r.start),
             format!("{} / {}", ms(r.probe[0]), ms(r.probe[1])),
+            ms(r.stop + r.start + r.probe[0].max(r.probe[1])),
             ms(r.direct),
             r.updates.to_string(),
             format!("{}/{}", args.clients - r.clients.closed, args.clients),
-            (r.clients.resync + r.probe_resync).to_string(),
+            format!("{} / {}", r.clients.resync, r.probe_resync),
             (r.clients.resync + r.probe_resync).to_string(),
             format!("{:.0}", r.resumes),
             format!("{:.0}", r.resyncs),
@@ -406,6 +428,29 @@ async fn steady_state(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(samples)
+}
+
+/// Proves the drain sees what the gateway sends an idle client: a `ping` on
+/// the first one must show up as one line (its `pong`), and nothing else.
+async fn check_drain(clients: &[std::net::TcpStream]) -> anyhow::Result<()> {
+    let Some(mut first) = clients.first() else {
+        return Ok(());
+    };
+    first.write_all(b"{\"type\":\"ping\",\"id\":0}\n")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = Drained::default();
+    while seen.lines == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        seen = drain(clients);
+    }
+    if seen.lines != 1 || seen.closed > 0 {
+        bail!(
+            "draining the idle clients read {} lines ({} closed) after one ping; expected its pong",
+            seen.lines,
+            seen.closed
+        );
+    }
+    Ok(())
 }
 
 /// Reads every idle client's socket without waiting: what the gateway sent

@@ -176,6 +176,8 @@ pub struct Stack {
     progress: Option<Process>,
     gateway_process: Option<Process>,
     progress_starts: usize,
+    /// Bumped to start the service on a new, empty database file.
+    database: usize,
 }
 
 impl Stack {
@@ -199,6 +201,7 @@ impl Stack {
             progress: None,
             gateway_process: None,
             progress_starts: 0,
+            database: 1,
         };
         let spawned = Instant::now();
         stack.spawn_progress()?;
@@ -284,13 +287,22 @@ impl Stack {
     }
 
     /// Stops the service with `signal`, waits for it to exit, starts it again
-    /// on the same port and database and waits until it answers SERVING.
-    pub async fn restart_progress(&mut self, signal: Signal) -> anyhow::Result<Restarted> {
+    /// on the same port (and database unless `empty_database`: then a new
+    /// file, whose change log no cursor of the old one fits) and waits until
+    /// it answers SERVING.
+    pub async fn restart_progress(
+        &mut self,
+        signal: Signal,
+        empty_database: bool,
+    ) -> anyhow::Result<Restarted> {
         let mut old = self.progress.take().context("the service is not running")?;
         let signalled = Instant::now();
         old.signal(signal)?;
         old.wait_exit(EXIT_TIMEOUT).await?;
         let exited = Instant::now();
+        if empty_database {
+            self.database += 1;
+        }
         self.spawn_progress()?;
         let (serving_at, channel) = self.wait_serving(exited).await?;
         Ok(Restarted {
@@ -313,7 +325,10 @@ impl Stack {
 
     fn spawn_progress(&mut self) -> anyhow::Result<()> {
         self.progress_starts += 1;
-        let db = self.dir.path().join("progress.db");
+        let db = self
+            .dir
+            .path()
+            .join(format!("progress-{}.db", self.database));
         let args: Vec<String> = [
             "--listen",
             &self.grpc.to_string(),

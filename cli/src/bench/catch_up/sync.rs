@@ -221,10 +221,16 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
     .await?;
     let expected = Arc::new(Expected::new(args.missed, args.records));
     let cursors = Arc::new(cursors);
-    let (conns, mut synced, sync_elapsed) =
-        phase(conns, Method::Sync, args, &cursors, &expected).await?;
-    let (_conns, mut listed, list_elapsed) =
-        phase(conns, Method::List, args, &cursors, &expected).await?;
+    let mut conns = conns;
+    let mut results = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        for method in [Method::Sync, Method::List] {
+            let (back, tally, elapsed) = phase(conns, method, args, &cursors, &expected).await?;
+            conns = back;
+            results.push((round, method, tally, elapsed));
+        }
+    }
+    drop(conns);
 
     let mut table = Table::new(
         "sync",
@@ -238,6 +244,7 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
         ),
         &[
             "method",
+            "round",
             "catch-ups/s",
             "missed changes/s",
             "records received/s",
@@ -249,11 +256,16 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
             "errors",
         ],
     );
-    let mut row = |name: String, tally: &mut Tally, elapsed: Duration| {
+    let name = |method: Method| match method {
+        Method::Sync => format!("sync from the device's cursor (limit {})", args.limit),
+        Method::List => format!("reference: list_progress of the whole list (limit {LIST_LIMIT})"),
+    };
+    for (round, method, tally, elapsed) in &mut results {
         let secs = elapsed.as_secs_f64();
         let done = tally.samples.len();
         table.row(vec![
-            name,
+            name(*method),
+            round.to_string(),
             format!("{:.0}", done as f64 / secs),
             format!("{:.0}", (done * args.missed) as f64 / secs),
             format!("{:.0}", tally.records as f64 / secs),
@@ -264,19 +276,9 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
             tally.wrong.to_string(),
             tally.errors.to_string(),
         ]);
-    };
-    row(
-        format!("sync from the device's cursor (limit {})", args.limit),
-        &mut synced,
-        sync_elapsed,
-    );
-    row(
-        format!("reference: list_progress of the whole list (limit {LIST_LIMIT})"),
-        &mut listed,
-        list_elapsed,
-    );
+    }
     table.note(format!(
-        "setup: {total} changes written through UpdateProgressBatch in {:.1} s ({:.0}/s); the gateway's event stream passed the last one {:.1} s after it; devices connected before each phase is timed (timing covers the requests only); sync runs first, then the reference",
+        "setup: {total} changes written through UpdateProgressBatch in {:.1} s ({:.0}/s); the gateway's event stream passed the last one {:.1} s after it; devices connected before the timed phases (timing covers the requests only); the phases alternate, sync first, on the same connections and cursors",
         write.as_secs_f64(),
         total as f64 / write.as_secs_f64(),
         fanout_lag.as_secs_f64()
@@ -285,7 +287,8 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
         "a catch-up counts as right when it holds exactly the {} records at their latest chapter (wrong = not so); changes/s = missed changes covered per second",
         expected.chapters.len()
     ));
-    for (name, tally) in [("sync", &synced), ("list_progress", &listed)] {
+    for (round, method, tally, _) in &results {
+        let name = format!("{method:?} round {round}").to_lowercase();
         if tally.pushes > 0 {
             table.note(format!(
                 "{name}: {} pushed events were read between replies",
