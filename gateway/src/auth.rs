@@ -1,7 +1,9 @@
 //! Verifies the JWT of the `auth` message: HS256 with the shared secret, or
-//! RS256/EdDSA with a configured public key. `exp` is required; `alg: none`
+//! RS256/EdDSA with a configured public key. `exp` is required; `nbf` and
+//! `iat`, when present, may lie at most `JWT_LEEWAY` in the future; `alg: none`
 //! and any algorithm without a configured key are rejected before any
 //! signature check, so a public key can never be used as an HMAC secret.
+//! User ids and usernames with NUL or other control characters are refused.
 
 use std::sync::Arc;
 
@@ -31,6 +33,8 @@ pub enum AuthError {
     Expired,
     #[error("claims rejected")]
     Claims,
+    #[error("token not yet valid")]
+    NotYetValid,
     #[error("token names no user")]
     NoUser,
 }
@@ -43,6 +47,7 @@ impl AuthError {
             AuthError::Signature => "signature",
             AuthError::Expired => "expired",
             AuthError::Claims => "claims",
+            AuthError::NotYetValid => "not_yet_valid",
             AuthError::NoUser => "no_user",
         }
     }
@@ -56,6 +61,8 @@ struct Verifier {
 pub struct Authenticator {
     hmac: Option<Verifier>,
     public: Option<(Algorithm, Verifier)>,
+    /// `JWT_LEEWAY` in seconds, for the `iat` check.
+    leeway: u64,
 }
 
 #[derive(Deserialize)]
@@ -66,9 +73,24 @@ struct Claims {
     sub: Option<String>,
     #[serde(default)]
     username: Option<String>,
+    /// Checked here: `Validation` has no `iat` option.
+    #[serde(default)]
+    iat: Option<serde_json::Value>,
 }
 
 const MAX_USER_ID_BYTES: usize = 128;
+
+/// Contract §6: identifiers (user ids, usernames) carry no NUL or other
+/// control characters (`char::is_control`, the progress service's rule).
+fn has_control(s: &str) -> bool {
+    s.chars().any(char::is_control)
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
 
 impl Authenticator {
     pub fn from_config(config: &Config) -> anyhow::Result<Self> {
@@ -76,6 +98,8 @@ impl Authenticator {
             let mut v = Validation::new(alg);
             v.leeway = config.jwt_leeway.as_secs();
             v.validate_exp = true;
+            // RFC 7519 §4.1.5: not accepted before `nbf` (minus the leeway).
+            v.validate_nbf = true;
             let mut required = vec!["exp"];
             if let Some(iss) = &config.jwt_issuer {
                 v.set_issuer(&[iss]);
@@ -127,7 +151,11 @@ impl Authenticator {
         {
             anyhow::bail!("JWT_SECRET must not be empty");
         }
-        Ok(Self { hmac, public })
+        Ok(Self {
+            hmac,
+            public,
+            leeway: config.jwt_leeway.as_secs(),
+        })
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
@@ -143,6 +171,7 @@ impl Authenticator {
                 match err.kind() {
                     ErrorKind::InvalidSignature => AuthError::Signature,
                     ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
                     ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
                         AuthError::Algorithm
                     }
@@ -153,20 +182,34 @@ impl Authenticator {
                 }
             })?;
         let claims = data.claims;
+        // A token issued in the future (beyond the clock skew) was not
+        // minted by an honest issuer with a sane clock: refuse it like `nbf`.
+        match &claims.iat {
+            None => {}
+            Some(serde_json::Value::Number(iat)) => {
+                let iat = iat.as_f64().ok_or(AuthError::Claims)?;
+                let latest = unix_now().saturating_add(self.leeway) as f64;
+                if iat > latest {
+                    return Err(AuthError::NotYetValid);
+                }
+            }
+            Some(_) => return Err(AuthError::Claims),
+        }
         let user_id = match claims.user_id {
             Some(serde_json::Value::String(s)) => Some(s),
             Some(serde_json::Value::Number(n)) => Some(n.to_string()),
             _ => None,
         }
         .or(claims.sub)
-        // Contract §6: user ids carry no NUL or other control characters.
-        .filter(|u| {
-            !u.is_empty() && u.len() <= MAX_USER_ID_BYTES && !u.chars().any(char::is_control)
-        })
+        .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_BYTES && !has_control(u))
         .ok_or(AuthError::NoUser)?;
+        let username = claims.username.filter(|u| !u.is_empty());
+        if username.as_deref().is_some_and(has_control) {
+            return Err(AuthError::Claims);
+        }
         Ok(Identity {
             user_id: user_id.into(),
-            username: claims.username.filter(|u| !u.is_empty()).map(Into::into),
+            username: username.map(Into::into),
         })
     }
 }

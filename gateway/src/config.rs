@@ -20,6 +20,12 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
 
+    /// Listen backlog of the TCP port: connections the kernel completes before
+    /// the gateway accepts them (reconnect storms). Capped by the kernel at
+    /// net.core.somaxconn; a larger value is logged and silently lowered.
+    #[arg(long, env = "LISTEN_BACKLOG", default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..=i32::MAX as i64))]
+    pub listen_backlog: u32,
+
     /// gRPC address(es) of the progress service; several (comma-separated) are load-balanced.
     #[arg(
         long,
@@ -49,7 +55,7 @@ pub struct Config {
     #[arg(long, env = "JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
-    /// Clock skew tolerated on `exp`.
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`.
     #[arg(long, env = "JWT_LEEWAY", default_value = "5s", value_parser = humantime::parse_duration)]
     pub jwt_leeway: Duration,
 
@@ -164,6 +170,7 @@ mod tests {
         let help = Config::command().render_long_help().to_string();
         for name in [
             "GATEWAY_LISTEN",
+            "LISTEN_BACKLOG",
             "PROGRESS_URL",
             "SERVICE_TOKEN",
             "JWT_SECRET",
@@ -200,6 +207,7 @@ mod tests {
             "{debug}"
         );
         assert_eq!(config.rate_limit_per_sec, 50);
+        assert_eq!(config.listen_backlog, 4096);
         assert_eq!(config.user_rate(), (200, 400));
     }
 }

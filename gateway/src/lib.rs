@@ -17,4 +17,4 @@ pub mod server;
 pub mod telemetry;
 
 pub use config::Config;
-pub use server::{Gateway, Readiness, run, shutdown_signal};
+pub use server::{Gateway, Readiness, bind, run, shutdown_signal};

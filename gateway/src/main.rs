@@ -1,4 +1,3 @@
-use anyhow::Context;
 use clap::Parser;
 use gateway::Config;
 
@@ -6,8 +5,6 @@ use gateway::Config;
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     gateway::telemetry::init(config.log_format);
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("binding {}", config.listen))?;
+    let listener = gateway::bind(&config)?;
     gateway::run(listener, config, gateway::shutdown_signal()).await
 }

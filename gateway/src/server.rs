@@ -252,6 +252,46 @@ impl Gateway {
     }
 }
 
+/// Binds the TCP port with `LISTEN_BACKLOG`; needs a Tokio runtime. Tokio's
+/// own `bind` uses a fixed 128, which a reconnect storm overflows (dropped
+/// SYNs wait ~1 s for a retransmit). Linux silently caps the backlog at
+/// `net.core.somaxconn`, so a larger setting is logged.
+pub fn bind(config: &Config) -> anyhow::Result<TcpListener> {
+    bind_with_backlog(config.listen, config.listen_backlog)
+        .with_context(|| format!("binding {}", config.listen))
+}
+
+fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+
+    if let Some(max) = somaxconn()
+        && u64::from(backlog) > max
+    {
+        tracing::warn!(
+            listen_backlog = backlog,
+            somaxconn = max,
+            "LISTEN_BACKLOG exceeds net.core.somaxconn; the kernel uses {max} (raise it with sysctl)"
+        );
+    }
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    // As Tokio's `bind` does: a restarted gateway can re-bind at once.
+    #[cfg(unix)]
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The kernel's cap on listen backlogs, where it can be read (Linux).
+fn somaxconn() -> Option<u64> {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 /// Binds the admin port synchronously, so `Gateway::build` can stay sync.
 fn bind_admin(addr: SocketAddr) -> io::Result<TcpListener> {
     let listener = std::net::TcpListener::bind(addr)?;

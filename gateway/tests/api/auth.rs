@@ -193,3 +193,80 @@ async fn silence_is_closed_at_the_auth_deadline() {
         "closed too early: {waited:?}"
     );
 }
+
+/// A fresh connection's `auth` with `token`: the reply's `success`.
+async fn auth_succeeds(app: &crate::helpers::TestApp, token: &str) -> bool {
+    let mut c = app.client().await;
+    let reply = c
+        .request(json!({"type":"auth","data":{"token":token}}))
+        .await;
+    reply["success"] == json!(true)
+}
+
+// Leeway 10 s. "Inside" sits one second under the edge (the gateway's clock
+// can only be later than the one that minted the token); "outside" three
+// seconds over it, so a second ticking between mint and check can't flip it.
+const LEEWAY: u64 = 10;
+
+#[tokio::test]
+async fn nbf_is_honoured_with_the_leeway() {
+    let app = spawn_app_with(&["--jwt-leeway", "10s"]).await;
+    let past = hs256(&json!({"user_id":"n","nbf":now()-3600,"exp":now()+3600}));
+    assert!(auth_succeeds(&app, &past).await, "nbf in the past");
+    let inside = hs256(&json!({"user_id":"n","nbf":now()+LEEWAY-1,"exp":now()+3600}));
+    assert!(auth_succeeds(&app, &inside).await, "nbf within the leeway");
+
+    let outside = hs256(&json!({"user_id":"n","nbf":now()+LEEWAY+3,"exp":now()+3600}));
+    assert_rejected(&app, &outside).await;
+    let hour = hs256(&json!({"user_id":"n","nbf":now()+3600,"exp":now()+7200}));
+    assert_rejected(&app, &hour).await;
+    let malformed = hs256(&json!({"user_id":"n","nbf":"soon","exp":now()+3600}));
+    assert_rejected(&app, &malformed).await;
+}
+
+#[tokio::test]
+async fn an_iat_in_the_future_beyond_the_leeway_is_refused() {
+    let app = spawn_app_with(&["--jwt-leeway", "10s"]).await;
+    let normal = hs256(&json!({"user_id":"i","iat":now(),"exp":now()+3600}));
+    assert!(auth_succeeds(&app, &normal).await, "iat now");
+    let inside = hs256(&json!({"user_id":"i","iat":now()+LEEWAY-1,"exp":now()+3600}));
+    assert!(auth_succeeds(&app, &inside).await, "iat within the leeway");
+    #[allow(clippy::cast_precision_loss)]
+    let fractional = hs256(
+        &json!({"user_id":"i","iat":(now() + LEEWAY - 1) as f64 + 0.5,"exp":now()+3600}),
+    );
+    assert!(
+        auth_succeeds(&app, &fractional).await,
+        "fractional iat within"
+    );
+
+    let outside = hs256(&json!({"user_id":"i","iat":now()+LEEWAY+3,"exp":now()+3600}));
+    assert_rejected(&app, &outside).await;
+    let far = hs256(&json!({"user_id":"i","iat":now()+86_400,"exp":now()+90_000}));
+    assert_rejected(&app, &far).await;
+    let malformed = hs256(&json!({"user_id":"i","iat":"yesterday","exp":now()+3600}));
+    assert_rejected(&app, &malformed).await;
+}
+
+#[tokio::test]
+async fn control_characters_in_user_ids_and_usernames_are_refused() {
+    let app = spawn_app().await;
+    for bad in ["nul\u{0}byte", "new\nline", "tab\there", "esc\u{1b}[0m", "del\u{7f}", "c1\u{85}next"] {
+        let by_user_id = hs256(&json!({"user_id":bad,"exp":now()+3600}));
+        assert_rejected(&app, &by_user_id).await;
+        let by_sub = hs256(&json!({"sub":bad,"exp":now()+3600}));
+        assert_rejected(&app, &by_sub).await;
+        let by_username = hs256(&json!({"user_id":"fine","username":bad,"exp":now()+3600}));
+        assert_rejected(&app, &by_username).await;
+    }
+    // Non-ASCII that is not a control character is fine in both.
+    let mut c = app.client().await;
+    let good = hs256(&json!({"user_id":"ユーザー 1","username":"Zoë 🐱","exp":now()+3600}));
+    let reply = c
+        .request(json!({"type":"auth","data":{"token":good}}))
+        .await;
+    assert_eq!(
+        reply,
+        json!({"type":"auth_response","success":true,"user_id":"ユーザー 1","username":"Zoë 🐱"})
+    );
+}

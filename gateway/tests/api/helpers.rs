@@ -120,9 +120,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     ];
     args.extend_from_slice(extra);
     let config = gateway::Config::try_parse_from(args).expect("gateway config");
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .expect("bind gateway");
+    let listener = gateway::bind(&config).expect("bind gateway");
     let gw = gateway::Gateway::build(listener, config).expect("gateway builds");
     let addr = gw.local_addr().expect("gateway address");
     let mut readiness = gw.readiness();

@@ -2,6 +2,7 @@
 
 mod admin;
 mod auth;
+mod backlog;
 mod devices;
 mod fanout;
 mod helpers;

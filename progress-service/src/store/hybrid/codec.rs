@@ -209,6 +209,32 @@ pub fn position_of(id: &str) -> Option<i64> {
     id.split_once('-').map_or(id, |(ms, _)| ms).parse().ok()
 }
 
+/// Adds `XRANGE` of the oldest change-log entry still kept to `pipe`; read
+/// its reply with `first_position`. Trimming removes the oldest entries
+/// first, so a reader whose position is below it may have lost entries.
+pub fn push_oldest_entry(pipe: &mut redis::Pipeline) -> &mut redis::Pipeline {
+    pipe.cmd("XRANGE")
+        .arg(LOG_STREAM)
+        .arg("-")
+        .arg("+")
+        .arg("COUNT")
+        .arg(1)
+}
+
+pub fn first_position(reply: &redis::streams::StreamRangeReply) -> Option<i64> {
+    reply.ids.first().and_then(|e| position_of(&e.id))
+}
+
+/// The event a change-log entry holds.
+pub fn log_event(entry: &redis::streams::StreamId) -> Result<ChangeEvent, String> {
+    let position = position_of(&entry.id).ok_or_else(|| "foreign entry id".to_owned())?;
+    entry
+        .get::<Vec<u8>>("c")
+        .ok_or_else(|| "entry lacks its change".to_owned())
+        .and_then(|c| WireChange::decode(&c))
+        .and_then(|c| c.into_event(position))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

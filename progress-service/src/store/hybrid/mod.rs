@@ -31,7 +31,6 @@ use self::batch_writer::{BatchWriter, WriterConfig};
 use redis::streams::StreamRangeReply;
 
 use self::cache::{Cache, State, Warm};
-use self::codec::WireChange;
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta, postgres};
 use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
@@ -442,42 +441,27 @@ impl HybridStore {
     /// changes after the cursor may have been trimmed.
     async fn read_stream_log(&self, query: &LogQuery) -> Result<LogPage, LogError> {
         let mut conn = self.log_conn.clone();
-        let (head, oldest, entries): (Option<i64>, StreamRangeReply, StreamRangeReply) =
-            redis::pipe()
-                .atomic()
-                .get(codec::SEQ_COUNTER)
-                .cmd("XRANGE")
-                .arg(codec::LOG_STREAM)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .cmd("XRANGE")
-                .arg(codec::LOG_STREAM)
-                .arg(format!("({}-0", query.after))
-                .arg("+")
-                .arg("COUNT")
-                .arg(query.limit)
-                .query_async(&mut conn)
-                .await
-                .map_err(cache::redis_error)?;
+        let mut pipe = redis::pipe();
+        pipe.atomic().get(codec::SEQ_COUNTER);
+        codec::push_oldest_entry(&mut pipe)
+            .cmd("XRANGE")
+            .arg(codec::LOG_STREAM)
+            .arg(format!("({}-0", query.after))
+            .arg("+")
+            .arg("COUNT")
+            .arg(query.limit);
+        let (head, oldest, entries): (Option<i64>, StreamRangeReply, StreamRangeReply) = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(cache::redis_error)?;
         let head = head.unwrap_or(0);
-        let oldest = oldest.ids.first().and_then(|e| codec::position_of(&e.id));
+        let oldest = codec::first_position(&oldest);
         if query.after > head || (query.after > 0 && oldest.is_some_and(|o| o > query.after)) {
             return Err(LogError::Expired);
         }
         let mut changes = Vec::with_capacity(entries.ids.len());
-        for entry in entries.ids {
-            let decoded = codec::position_of(&entry.id)
-                .ok_or_else(|| "foreign id".to_owned())
-                .and_then(|position| {
-                    entry
-                        .get::<Vec<u8>>("c")
-                        .ok_or_else(|| "entry lacks its change".to_owned())
-                        .and_then(|c| WireChange::decode(&c))
-                        .and_then(|c| c.into_event(position))
-                });
-            match decoded {
+        for entry in &entries.ids {
+            match codec::log_event(entry) {
                 Ok(event) => changes.push(event),
                 Err(err) => {
                     tracing::warn!(error = %err, id = entry.id, "undecodable change skipped")

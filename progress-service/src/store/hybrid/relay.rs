@@ -12,7 +12,7 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamRangeReply, StreamReadOptions, StreamReadReply};
 use tokio_util::sync::CancellationToken;
 
-use super::codec::{self, WireChange};
+use super::codec;
 use crate::events::EventBus;
 use crate::retry::Backoff;
 
@@ -75,15 +75,10 @@ async fn run(
     while !stop.is_cancelled() {
         // The oldest entry kept and the epoch, read just before the XREAD: if
         // the oldest kept is past our position, entries after it may be gone.
+        let mut pipe = redis::pipe();
+        codec::push_oldest_entry(&mut pipe);
         let read = async {
-            redis::pipe()
-                .cmd("XRANGE")
-                .arg(codec::LOG_STREAM)
-                .arg("-")
-                .arg("+")
-                .arg("COUNT")
-                .arg(1)
-                .get(codec::LOG_EPOCH)
+            pipe.get(codec::LOG_EPOCH)
                 .xread_options(
                     &[codec::LOG_STREAM],
                     &[format!("{}-0", place.position)],
@@ -112,7 +107,7 @@ async fn run(
                 }
             },
         };
-        let oldest = oldest.ids.first().and_then(|e| codec::position_of(&e.id));
+        let oldest = codec::first_position(&oldest);
         let trimmed = place.position > 0 && oldest.is_some_and(|o| o > place.position);
         let wiped = matches!((&place.epoch, &epoch), (Some(known), Some(now)) if known != now);
         if trimmed || wiped {
@@ -137,12 +132,7 @@ async fn run(
                 continue;
             };
             place.position = position;
-            let decoded = entry
-                .get::<Vec<u8>>("c")
-                .ok_or_else(|| "entry lacks its change".to_owned())
-                .and_then(|c| WireChange::decode(&c))
-                .and_then(|c| c.into_event(position));
-            match decoded {
+            match codec::log_event(&entry) {
                 Ok(event) => events.publish(event),
                 Err(err) => tracing::warn!(error = %err, position, "undecodable change skipped"),
             }
