@@ -157,7 +157,10 @@ mod tests {
             ..c.clone()
         };
         assert_eq!(paged.encode(), "a1b2c3.42.50");
-        assert_eq!(LogCursor::decode("after", "a1b2c3.42.50").expect("valid"), paged);
+        assert_eq!(
+            LogCursor::decode("after", "a1b2c3.42.50").expect("valid"),
+            paged
+        );
         assert_eq!(paged.deletes_after(), 50);
         for bad in [
             "abc.5.4",

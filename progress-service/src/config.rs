@@ -72,6 +72,13 @@ pub struct Config {
     #[arg(long, env = "BATCH_CLAIM_IDLE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub batch_claim_idle: Duration,
 
+    /// Hybrid mode: this replica's stable identity, its consumer name in the
+    /// write-behind group: a restarted replica first flushes what its previous
+    /// run had read. Must differ between live replicas (a second process with
+    /// the same id refuses to start). Default: the host name.
+    #[arg(long, env = "REPLICA_ID", value_parser = parse_replica_id)]
+    pub replica_id: Option<String>,
+
     /// How long every change and delete stays readable by position (cursors,
     /// sync, watch resume); older cursors are expired. Delete markers live at least this long.
     #[arg(long, env = "CHANGE_RETENTION", default_value = "7d", value_parser = humantime::parse_duration)]
@@ -101,4 +108,49 @@ pub struct Config {
     /// Log format: human text or JSON lines.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Most bytes a replica id may have.
+const REPLICA_ID_MAX: usize = 128;
+
+/// A replica id: 1..=128 printable ASCII characters without spaces (it names
+/// a Redis stream consumer and the lease key `mh:replica:<id>`).
+pub fn parse_replica_id(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.len() > REPLICA_ID_MAX {
+        return Err(format!("must be 1..={REPLICA_ID_MAX} characters"));
+    }
+    if !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("only printable ASCII without spaces is allowed".into());
+    }
+    Ok(value.to_owned())
+}
+
+/// The default replica id: the host name (`HOSTNAME`, then the kernel's, then
+/// `/etc/hostname`), which stays the same across restarts of one machine or
+/// container; `progress-service` when none is usable.
+pub fn default_replica_id() -> String {
+    let from_env = std::env::var("HOSTNAME").ok();
+    let from_files = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .into_iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok());
+    from_env
+        .into_iter()
+        .chain(from_files)
+        .find_map(|name| parse_replica_id(name.trim()).ok())
+        .unwrap_or_else(|| "progress-service".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_ids_are_printable_ascii() {
+        assert_eq!(parse_replica_id("progress-1").as_deref(), Ok("progress-1"));
+        assert!(parse_replica_id("").is_err());
+        assert!(parse_replica_id("a b").is_err());
+        assert!(parse_replica_id("a\u{0}").is_err());
+        assert!(parse_replica_id(&"x".repeat(129)).is_err());
+        assert!(parse_replica_id(&default_replica_id()).is_ok());
+    }
 }

@@ -50,6 +50,10 @@ impl Application {
                     batch_max_size: config.batch_max_size as usize,
                     batch_interval: config.batch_interval,
                     claim_idle: config.batch_claim_idle,
+                    replica_id: config
+                        .replica_id
+                        .clone()
+                        .unwrap_or_else(crate::config::default_replica_id),
                     tombstone_retention: config.tombstone_retention,
                 }),
         };

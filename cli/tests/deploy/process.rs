@@ -85,7 +85,7 @@ impl Drop for Service {
         let _ = self.child.start_kill();
         if std::thread::panicking() {
             let text = std::fs::read_to_string(self.log.path()).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(40000).collect();
+            let tail: Vec<&str> = text.lines().rev().take(40).collect();
             eprintln!("--- last lines of {} ---", self.name);
             for line in tail.into_iter().rev() {
                 eprintln!("{line}");

@@ -28,7 +28,6 @@ use crate::protocol::SystemCode;
 /// One stream per gateway: retrying it quickly costs the service little.
 const FIRST_RETRY: Duration = Duration::from_millis(10);
 
-
 const RESYNC_MESSAGE: &str =
     "events may have been missed; re-read with sync (without a cursor) or list_progress";
 

@@ -232,9 +232,8 @@ async fn an_iat_in_the_future_beyond_the_leeway_is_refused() {
     let inside = hs256(&json!({"user_id":"i","iat":now()+LEEWAY-1,"exp":now()+3600}));
     assert!(auth_succeeds(&app, &inside).await, "iat within the leeway");
     #[allow(clippy::cast_precision_loss)]
-    let fractional = hs256(
-        &json!({"user_id":"i","iat":(now() + LEEWAY - 1) as f64 + 0.5,"exp":now()+3600}),
-    );
+    let fractional =
+        hs256(&json!({"user_id":"i","iat":(now() + LEEWAY - 1) as f64 + 0.5,"exp":now()+3600}));
     assert!(
         auth_succeeds(&app, &fractional).await,
         "fractional iat within"
@@ -251,7 +250,14 @@ async fn an_iat_in_the_future_beyond_the_leeway_is_refused() {
 #[tokio::test]
 async fn control_characters_in_user_ids_and_usernames_are_refused() {
     let app = spawn_app().await;
-    for bad in ["nul\u{0}byte", "new\nline", "tab\there", "esc\u{1b}[0m", "del\u{7f}", "c1\u{85}next"] {
+    for bad in [
+        "nul\u{0}byte",
+        "new\nline",
+        "tab\there",
+        "esc\u{1b}[0m",
+        "del\u{7f}",
+        "c1\u{85}next",
+    ] {
         let by_user_id = hs256(&json!({"user_id":bad,"exp":now()+3600}));
         assert_rejected(&app, &by_user_id).await;
         let by_sub = hs256(&json!({"sub":bad,"exp":now()+3600}));

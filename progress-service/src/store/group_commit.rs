@@ -46,6 +46,16 @@ pub(crate) struct Writes {
 }
 
 impl Writes {
+    /// The records whose row (or delete marker) the batch writes.
+    pub fn keys(&self) -> impl Iterator<Item = &ProgressKey> {
+        self.inserts
+            .iter()
+            .map(|(p, _)| &p.key)
+            .chain(self.updates.iter().map(|(p, _, _)| &p.key))
+            .chain(self.deletes.iter().map(|(k, _, _)| k))
+            .chain(self.markers.iter().map(|(k, _)| k))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.inserts.is_empty()
             && self.updates.is_empty()

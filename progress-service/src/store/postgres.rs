@@ -5,6 +5,7 @@
 //! commit; every replica's `Tailer` follows the log (woken by NOTIFY) and
 //! publishes each change, so watchers on any replica see every change.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -506,6 +507,28 @@ struct PgBatch {
     cache: RowCache,
 }
 
+impl PgBatch {
+    /// The stored rows of `keys` (absent keys have none).
+    async fn read_rows(&self, keys: &[ProgressKey]) -> Result<Loaded, StoreError> {
+        let (user_ids, manga_ids): (Vec<&str>, Vec<i64>) = keys
+            .iter()
+            .map(|k| (k.user_id.as_str(), k.manga_id))
+            .unzip();
+        let rows: Vec<ProgressRow> = sqlx::query_as(concat!(
+            select_rows!(),
+            " JOIN UNNEST($1::text[], $2::int8[]) AS k(u, m) ON user_id = k.u AND manga_id = k.m"
+        ))
+        .bind(&user_ids)
+        .bind(&manga_ids)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(into_records(rows)?
+            .into_iter()
+            .map(|p| (p.key.clone(), p))
+            .collect())
+    }
+}
+
 #[async_trait]
 impl SqlBatch for PgBatch {
     async fn load_and_write(
@@ -515,21 +538,31 @@ impl SqlBatch for PgBatch {
     ) -> Result<Committed, StoreError> {
         let (mut loaded, missing) = self.cache.lookup(keys);
         if !missing.is_empty() {
-            let (user_ids, manga_ids): (Vec<&str>, Vec<i64>) = missing
-                .iter()
-                .map(|k| (k.user_id.as_str(), k.manga_id))
-                .unzip();
-            let rows: Vec<ProgressRow> = sqlx::query_as(concat!(
-                select_rows!(),
-                " JOIN UNNEST($1::text[], $2::int8[]) AS k(u, m) ON user_id = k.u AND manga_id = k.m"
-            ))
-            .bind(&user_ids)
-            .bind(&manga_ids)
-            .fetch_all(&self.pool)
-            .await?;
-            loaded.extend(into_records(rows)?.into_iter().map(|p| (p.key.clone(), p)));
+            loaded.extend(self.read_rows(&missing).await?);
         }
         let writes = plan(&loaded);
+        // A cached row the batch does not write is not checked by any guard,
+        // and another replica may have changed it: the answers planned on it
+        // (a no-op's "applied: false" carries the record) could be older than
+        // the stored row. Only then read those rows again; if one changed, plan
+        // again on fresh rows. Rows the batch writes are checked by their guard,
+        // rows just read are fresh.
+        let checked: HashSet<&ProgressKey> = writes.keys().chain(&missing).collect();
+        let unchecked: Vec<ProgressKey> = loaded
+            .keys()
+            .filter(|k| !checked.contains(k))
+            .cloned()
+            .collect();
+        drop(checked);
+        if !unchecked.is_empty() {
+            let fresh = self.read_rows(&unchecked).await?;
+            if unchecked.iter().any(|k| fresh.get(k) != loaded.get(k)) {
+                self.cache.forget(&unchecked);
+                self.cache.remember(fresh.into_values());
+                metrics::counter!("progress_row_cache_stale_total").increment(1);
+                return Ok(Committed::Conflict);
+            }
+        }
         if writes.is_empty() {
             self.cache.remember(loaded.into_values());
             return Ok(Committed::Yes { base: 0 });

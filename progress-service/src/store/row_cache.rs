@@ -2,8 +2,12 @@
 //! whose keys are all here needs no read before it writes.
 //!
 //! Postgres: a stale entry (another replica wrote the row) makes the guarded
-//! write fail, and the batch is planned again on fresh rows. SQLite: the file
-//! is locked to one service process, so entries cannot go stale.
+//! write fail, and the batch is planned again on fresh rows. A cached row the
+//! batch does not write (its updates were no-ops) has no guard, so the store
+//! reads those rows again before answering and plans again if one changed
+//! (`postgres.rs`): no answer carries a record older than the stored one.
+//! SQLite: the file is locked to one service process, so entries cannot go
+//! stale.
 
 use std::collections::HashMap;
 

@@ -74,3 +74,60 @@ async fn replicas_on_one_postgres_lose_no_update() {
         "one version per applied update"
     );
 }
+
+/// Postgres alone: replica `a` caches a row, replica `b` moves it forward,
+/// then `a` receives an update that is behind. The no-op's answer must carry
+/// the stored record (`b`'s), not `a`'s cached copy — alone, and in a batch
+/// whose other update is applied (one commit, the stale row unwritten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_never_answers_with_a_row_another_replica_moved_on() {
+    use mangahub_proto::v1 as pb;
+    use pb::update_progress_result::Result as Item;
+
+    let a = crate::helpers::spawn_app(Backend::Postgres).await;
+    let b = crate::helpers::spawn_replica(&a, &[]).await;
+    for manga in [1, 2] {
+        let first = a.update("stale", manga, "5").await;
+        assert_eq!(first.progress.expect("record").version, 1);
+        let moved = b.update("stale", manga, "10").await;
+        assert!(moved.applied);
+        assert_eq!(moved.progress.expect("record").version, 2);
+    }
+
+    let behind = a.update("stale", 1, "3").await;
+    assert!(!behind.applied, "behind the stored position");
+    let record = behind.progress.expect("record");
+    assert_eq!(
+        (record.chapter.as_str(), record.version),
+        ("10", 2),
+        "the answer carries the stored record"
+    );
+
+    let results = a
+        .client
+        .clone()
+        .update_progress_batch(pb::UpdateProgressBatchRequest {
+            updates: vec![
+                crate::helpers::update_req("stale", 2, "4"),
+                crate::helpers::update_req("stale", 3, "1"),
+            ],
+        })
+        .await
+        .expect("batch served")
+        .into_inner()
+        .results;
+    let ok = |n: usize| match results[n].result.clone().expect("a result") {
+        Item::Ok(response) => response,
+        Item::Error(err) => panic!("update {n} failed: {err:?}"),
+    };
+    let behind = ok(0);
+    assert!(!behind.applied);
+    let record = behind.progress.expect("record");
+    assert_eq!((record.chapter.as_str(), record.version), ("10", 2));
+    assert!(ok(1).applied, "the other record is written");
+
+    // The applied path still guards: `a` writes over `b`'s change correctly.
+    let ahead = a.update("stale", 1, "11").await;
+    assert!(ahead.applied);
+    assert_eq!(ahead.progress.expect("record").version, 3);
+}

@@ -111,6 +111,13 @@ async fn spawn_on(
         if !extra_args.iter().any(|a| a == "--batch-interval") {
             extra_args.extend(["--batch-interval".to_owned(), "100ms".to_owned()]);
         }
+        // Replicas in one test process share the host name: give each its own
+        // id (kept across `restart`, like a real replica's).
+        if !extra_args.iter().any(|a| a == "--replica-id") {
+            static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            extra_args.extend(["--replica-id".to_owned(), format!("test-replica-{n}")]);
+        }
     }
     let mut app = TestApp {
         addr: "127.0.0.1:0".parse().expect("addr"),

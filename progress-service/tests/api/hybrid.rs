@@ -409,3 +409,50 @@ async fn replicas_share_redis_postgres_events_and_batch_work() {
         assert_eq!(seen.len(), applied);
     }
 }
+
+/// Two live processes may not share a REPLICA_ID (they would flush the same
+/// pending entries side by side): the second refuses to start, naming the
+/// setting; once the first stopped (releasing its lease) the id is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_live_process_with_the_same_replica_id_is_refused() {
+    use clap::Parser;
+    let mut app = spawn_app_with(Backend::Hybrid, &["--replica-id", "twin"]).await;
+    let redis_url = app.redis.as_ref().expect("hybrid").url();
+    let database_url = app.database_url.clone();
+    let config = || {
+        progress_service::Config::try_parse_from([
+            "progress-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &database_url,
+            "--redis-url",
+            &redis_url,
+            "--replica-id",
+            "twin",
+        ])
+        .expect("config")
+    };
+    let started = std::time::Instant::now();
+    let Err(err) = progress_service::Application::build(config()).await else {
+        panic!("a second process with the same REPLICA_ID started");
+    };
+    let message = format!("{err:#}");
+    assert!(
+        message.contains("REPLICA_ID \"twin\" is in use"),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "refused promptly"
+    );
+    // The first one still works and, stopped, hands the id on at once.
+    app.update("twin-user", 1, "1").await;
+    app.stop().await.expect("clean exit");
+    let started = std::time::Instant::now();
+    let again = progress_service::Application::build(config())
+        .await
+        .expect("the id is free after a clean stop");
+    assert!(started.elapsed() < Duration::from_secs(2), "no lease wait");
+    drop(again);
+}

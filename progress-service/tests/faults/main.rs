@@ -27,22 +27,28 @@ struct Service {
 
 impl Service {
     async fn start(database_url: &str, redis_url: &str) -> Self {
+        Self::start_with(
+            database_url,
+            redis_url,
+            &["--batch-interval", "200ms", "--batch-claim-idle", "1s"],
+        )
+        .await
+    }
+
+    async fn start_with(database_url: &str, redis_url: &str, extra: &[&str]) -> Self {
         let port = testkit::free_port().expect("free port");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        let args = [
+        let mut args = [
             "--listen",
             &addr.to_string(),
             "--database-url",
             database_url,
             "--redis-url",
             redis_url,
-            "--batch-interval",
-            "200ms",
-            "--batch-claim-idle",
-            "1s",
         ]
         .map(str::to_owned)
         .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut service = Self {
             child: None,
             addr,
@@ -59,6 +65,7 @@ impl Service {
             .args(&self.args)
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
+            .env_remove("REPLICA_ID")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -115,6 +122,8 @@ impl Drop for Service {
 #[derive(Default)]
 struct Load {
     acked: Mutex<HashMap<i64, i64>>,
+    /// Every ack, `(manga, version)`, in the order received.
+    every_ack: Mutex<Vec<(i64, i64)>>,
     acks: AtomicU64,
     errors: AtomicU64,
     stop: AtomicBool,
@@ -147,6 +156,7 @@ fn start_load(
                             let slot = acked.entry(manga).or_default();
                             *slot = (*slot).max(version);
                             drop(acked);
+                            load.every_ack.lock().expect("lock").push((manga, version));
                             load.acks.fetch_add(1, Ordering::Relaxed);
                             chapter += 1;
                         }
@@ -319,4 +329,88 @@ async fn a_30s_postgres_outage_loses_nothing() {
     let acked = load.acked.lock().expect("lock").clone();
     let stored = drained_rows(&database_url, &mut conn).await;
     assert_eq!(lost(&acked, &stored), vec![], "acknowledged updates lost");
+}
+
+/// Problem 6 of issue 13: with a stable REPLICA_ID the restarted replica is
+/// the same consumer, so it flushes the entries its killed predecessor had
+/// read at once instead of after BATCH_CLAIM_IDLE (default 30 s, kept here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_replica_flushes_what_its_killed_run_held_within_5s() {
+    let pg = PrivatePostgres::start().await.expect("private Postgres");
+    let database_url = pg.fresh_database().await.expect("database");
+    let redis = PrivateRedis::start(true).await.expect("private Redis");
+    // A 1 s batch interval: the writer holds read entries most of the time.
+    let mut service = Service::start_with(
+        &database_url,
+        &redis.url(),
+        &["--batch-interval", "1s", "--replica-id", "replica-a"],
+    )
+    .await;
+
+    let load = Arc::new(Load::default());
+    let callers = start_load(service.client(), load.clone(), true);
+    wait_until(Duration::from_secs(60), "a stream of acks", || {
+        let load = load.clone();
+        async move { load.acks.load(Ordering::Relaxed) >= 2000 }
+    })
+    .await
+    .expect("load runs");
+    let mut conn = redis_conn(&redis).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the batch writer to hold entries",
+        || {
+            let mut conn = conn.clone();
+            async move { held_entries(&mut conn).await > 0 }
+        },
+    )
+    .await
+    .expect("entries held");
+    service.kill9();
+    for caller in callers {
+        caller.await.expect("caller ends");
+    }
+    let held = held_entries(&mut conn).await;
+    assert!(held > 0, "the killed writer held read, unflushed entries");
+    let every_ack = load.every_ack.lock().expect("lock").clone();
+    assert_eq!(every_ack.len() as u64, load.acks.load(Ordering::Relaxed));
+
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&database_url)
+        .await
+        .expect("connect to Postgres");
+    let behind = |stored: &HashMap<i64, i64>| {
+        every_ack
+            .iter()
+            .filter(|(m, v)| stored.get(m).is_none_or(|s| s < v))
+            .count()
+    };
+    let restarted = std::time::Instant::now();
+    service.spawn().await;
+    let serving = restarted.elapsed();
+    let (took, missing) = loop {
+        let rows: Vec<(i64, i64)> =
+            sqlx::query_as("SELECT manga_id, version FROM user_progress WHERE user_id = $1")
+                .bind(USER)
+                .fetch_all(&pool)
+                .await
+                .expect("rows");
+        let missing = behind(&rows.into_iter().collect());
+        let took = restarted.elapsed();
+        if missing == 0 || took > Duration::from_secs(5) {
+            break (took, missing);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "acks: {}, held at the kill: {held}, serving after {serving:?}, \
+         every ack in Postgres after {took:?} ({missing} not)",
+        every_ack.len()
+    );
+    assert_eq!(
+        missing, 0,
+        "acknowledged updates not in Postgres 5 s after the restart"
+    );
+    assert!(took <= Duration::from_secs(5), "took {took:?}");
 }

@@ -1,10 +1,13 @@
 //! The write-behind: drains the Redis Stream through the consumer group into
 //! Postgres in batches, and removes entries only after their batch committed.
 //!
-//! One task per replica, one consumer name per process. Entries a dead
-//! consumer held are claimed after `claim_idle`; while Postgres is down the
-//! batch is retried with backoff and the queue grows. Re-applying an entry is
-//! harmless (writes are guarded by the change sequence), losing one is not.
+//! One task per replica; its consumer name is the replica id, stable across
+//! restarts, so at start (and whenever it regains its lease) the writer first
+//! flushes the entries its consumer still holds: a replica restarted after a
+//! crash drains what its previous run had read at once. Entries of consumers
+//! that do not come back are claimed after `claim_idle`; while Postgres is down
+//! the batch is retried with backoff and the queue grows. Re-applying an entry
+//! is harmless (writes are guarded by the change sequence), losing one is not.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -13,6 +16,7 @@ use redis::Script;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
 use sqlx::postgres::PgPool;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::cache::redis_error;
@@ -43,6 +47,9 @@ pub struct BatchWriter {
     conn: ConnectionManager,
     pool: PgPool,
     consumer: String,
+    /// Whether this process holds its replica id's lease (`lease.rs`); without
+    /// it the writer reads and flushes nothing.
+    leased: watch::Receiver<bool>,
     flushed: Script,
     config: WriterConfig,
     stop: CancellationToken,
@@ -62,6 +69,7 @@ impl BatchWriter {
         conn: ConnectionManager,
         pool: PgPool,
         consumer: String,
+        leased: watch::Receiver<bool>,
         config: WriterConfig,
         stop: CancellationToken,
     ) -> Self {
@@ -69,6 +77,7 @@ impl BatchWriter {
             conn,
             pool,
             consumer,
+            leased,
             flushed: Script::new(include_str!("flushed.lua")),
             config,
             stop,
@@ -85,7 +94,30 @@ impl BatchWriter {
         let start = Instant::now();
         let (mut last_gauges, mut last_claim, mut last_prune) = (None, None, Some(start));
         let mut backoff = Duration::from_millis(100);
+        // Whether the lease was held at the last turn; a fresh hold (the
+        // start, or the lease regained) first flushes this consumer's entries.
+        let mut had_lease = false;
         while !self.stop.is_cancelled() {
+            if !*self.leased.borrow() {
+                // Another process with this REPLICA_ID flushes them now; what
+                // is held stays pending under the shared consumer name.
+                held.clear();
+                deadline = None;
+                had_lease = false;
+                tokio::select! {
+                    () = self.stop.cancelled() => {}
+                    changed = self.leased.changed() => if changed.is_err() {
+                        // The lease task is gone (only at shutdown).
+                        tokio::time::sleep(MAX_BLOCK).await;
+                    },
+                    () = tokio::time::sleep(MAX_BLOCK) => {}
+                }
+                continue;
+            }
+            if !had_lease {
+                had_lease = true;
+                self.recover_own().await;
+            }
             let now = Instant::now();
             if last_gauges.is_none_or(|t: Instant| now - t >= GAUGE_EVERY) {
                 last_gauges = Some(now);
@@ -124,7 +156,45 @@ impl BatchWriter {
                 deadline = None;
             }
         }
-        self.drain(held).await;
+        if *self.leased.borrow() {
+            self.drain(held).await;
+        } else {
+            tracing::info!("batch writer stopped without its lease; entries stay queued");
+        }
+    }
+
+    /// Flushes the entries this consumer read and did not acknowledge: what a
+    /// previous run with this replica id had read when it died, or what this
+    /// one held when it lost its lease. Failures leave them pending; they are
+    /// claimed after `claim_idle` like any idle entry.
+    async fn recover_own(&mut self) {
+        let max = self.config.max_batch.max(1);
+        let mut after = "0-0".to_owned();
+        let mut recovered = 0usize;
+        while !self.stop.is_cancelled() {
+            let mut entries = match self.read(&after, max, None).await {
+                Ok(entries) if entries.is_empty() => break,
+                Ok(entries) => entries,
+                Err(err) => {
+                    tracing::warn!(error = %err, "reading this consumer's pending entries failed");
+                    break;
+                }
+            };
+            if let Some(last) = entries.last() {
+                after.clone_from(&last.id);
+            }
+            recovered += entries.len();
+            if !self.flush(&mut entries).await {
+                break;
+            }
+        }
+        if recovered > 0 {
+            tracing::info!(
+                entries = recovered,
+                "flushed the entries this replica had read before its restart"
+            );
+            metrics::counter!("progress_queue_recovered_total").increment(recovered as u64);
+        }
     }
 
     /// At shutdown: flush what is held, then what is still queued, for a while.
@@ -169,8 +239,20 @@ impl BatchWriter {
         *backoff = (*backoff * 2).min(MAX_BACKOFF);
     }
 
+    /// New entries (never delivered to any consumer).
     async fn read_new(
         &self,
+        count: usize,
+        block: Option<Duration>,
+    ) -> Result<Vec<Entry>, StoreError> {
+        self.read(">", count, block).await
+    }
+
+    /// `XREADGROUP` from `id`: `>` for new entries, an id for this consumer's
+    /// own pending entries after it (`BLOCK` is ignored then).
+    async fn read(
+        &self,
+        id: &str,
         count: usize,
         block: Option<Duration>,
     ) -> Result<Vec<Entry>, StoreError> {
@@ -183,7 +265,7 @@ impl BatchWriter {
         if let Some(block) = block {
             cmd.arg("BLOCK").arg(block.as_millis().max(1) as u64);
         }
-        cmd.arg("STREAMS").arg(codec::STREAM).arg(">");
+        cmd.arg("STREAMS").arg(codec::STREAM).arg(id);
         let mut conn = self.conn.clone();
         let reply: Option<StreamReadReply> =
             cmd.query_async(&mut conn).await.map_err(redis_error)?;

@@ -11,6 +11,7 @@
 mod batch_writer;
 pub mod cache;
 mod codec;
+mod lease;
 pub mod pg;
 mod relay;
 
@@ -51,6 +52,8 @@ pub struct HybridConfig {
     pub batch_interval: Duration,
     pub claim_idle: Duration,
     pub tombstone_retention: Duration,
+    /// The batch writer's consumer name; one live process per id (`lease`).
+    pub replica_id: String,
 }
 
 pub struct HybridStore {
@@ -63,6 +66,9 @@ pub struct HybridStore {
     closed: AtomicBool,
     stop: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Stopped after the batch writer, which needs the lease while it drains.
+    lease_stop: CancellationToken,
+    lease_task: Mutex<Option<JoinHandle<()>>>,
 }
 
 pub async fn open(
@@ -90,6 +96,7 @@ pub async fn open(
         .await
         .context("connecting to Redis")?;
     create_group(conn.clone()).await?;
+    let lease = lease::Lease::acquire(conn.clone(), &hybrid.replica_id).await?;
     let (epoch,): (String,) = sqlx::query_as("SELECT epoch FROM progress_change_log WHERE id = 1")
         .fetch_one(&pool)
         .await?;
@@ -97,15 +104,13 @@ pub async fn open(
     let stop = CancellationToken::new();
     let cache = Cache::new(conn.clone(), hybrid.cache_ttl, config.change_retention);
     let relay = relay::start(relay_conn, events, stop.clone()).await?;
-    let consumer = format!(
-        "{}-{}",
-        std::process::id(),
-        chrono::Utc::now().timestamp_micros()
-    );
+    let lease_stop = CancellationToken::new();
+    let (lease_task, leased) = lease.spawn(lease_stop.clone());
     let writer = BatchWriter::new(
         writer_conn,
         pool.clone(),
-        consumer,
+        hybrid.replica_id.clone(),
+        leased,
         WriterConfig {
             max_batch: hybrid.batch_max_size,
             interval: hybrid.batch_interval,
@@ -126,6 +131,8 @@ pub async fn open(
         closed: AtomicBool::new(false),
         stop,
         tasks: Mutex::new(vec![writer, relay]),
+        lease_stop,
+        lease_task: Mutex::new(Some(lease_task)),
     })
 }
 
@@ -375,6 +382,11 @@ impl ProgressStore for HybridStore {
         }
         self.stop.cancel();
         for task in self.tasks.lock().await.drain(..) {
+            let _ = task.await;
+        }
+        // The writer is done: let the next run with this REPLICA_ID start at once.
+        self.lease_stop.cancel();
+        if let Some(task) = self.lease_task.lock().await.take() {
             let _ = task.await;
         }
         self.pool.close().await;
