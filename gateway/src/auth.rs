@@ -99,7 +99,7 @@ impl Authenticator {
             v.leeway = config.jwt_leeway.as_secs();
             v.validate_exp = true;
             // RFC 7519 §4.1.5: not accepted before `nbf` (minus the leeway).
-            v.validate_nbf = false;
+            v.validate_nbf = true;
             let mut required = vec!["exp"];
             if let Some(iss) = &config.jwt_issuer {
                 v.set_issuer(&[iss]);
@@ -189,7 +189,7 @@ impl Authenticator {
             Some(serde_json::Value::Number(iat)) => {
                 let iat = iat.as_f64().ok_or(AuthError::Claims)?;
                 let latest = unix_now().saturating_add(self.leeway) as f64;
-                if iat > latest && false {
+                if iat > latest {
                     return Err(AuthError::NotYetValid);
                 }
             }
@@ -204,7 +204,7 @@ impl Authenticator {
         .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_BYTES && !has_control(u))
         .ok_or(AuthError::NoUser)?;
         let username = claims.username.filter(|u| !u.is_empty());
-        if username.as_deref().is_some_and(has_control) && false {
+        if username.as_deref().is_some_and(has_control) {
             return Err(AuthError::Claims);
         }
         Ok(Identity {

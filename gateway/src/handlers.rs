@@ -422,6 +422,13 @@ fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
             tracing::warn!(method, code = ?status.code(), message = status.message(), "progress service unavailable");
             unavailable()
         }
+        // Made on this side from a broken connection (the service was killed
+        // or drained mid-call), not answered by the service: the request may
+        // or may not have been applied; the client retries like any outage.
+        Code::Unknown | Code::Internal if std::error::Error::source(status).is_some() => {
+            tracing::warn!(method, code = ?status.code(), message = status.message(), "connection to the progress service broke mid-call");
+            unavailable()
+        }
         code => {
             tracing::error!(
                 method,

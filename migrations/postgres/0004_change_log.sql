@@ -34,6 +34,30 @@ VALUES (1, substr(md5(random()::text || clock_timestamp()::text), 1, 16),
                  (SELECT COALESCE(max(change_seq), 0) FROM progress_tombstones)))
 ON CONFLICT (id) DO NOTHING;
 
+-- Postgres alone: every applied change, one row each, at its position (the
+-- tables above keep only each record's last change). The tailers of every
+-- replica read it by position and publish each change, so a watcher gets
+-- every change once, in order, even when one record changed several times
+-- between two reads (or within one batch). Deletes have no record columns.
+-- Rows older than CHANGE_RETENTION are pruned (raising `pruned_through`).
+-- The hybrid store does not write it (its live feed is the Redis stream).
+CREATE TABLE IF NOT EXISTS progress_changes (
+    position        BIGINT        PRIMARY KEY,
+    user_id         TEXT          NOT NULL,
+    manga_id        BIGINT        NOT NULL,
+    deleted         BOOLEAN       NOT NULL,
+    current_chapter NUMERIC(10,2),
+    page            INT,
+    status          TEXT,
+    version         BIGINT,
+    updated_at      TIMESTAMPTZ,
+    device          TEXT,
+    origin          TEXT          NOT NULL DEFAULT '',
+    private         BOOLEAN       NOT NULL DEFAULT false,
+    changed_at      TIMESTAMPTZ   NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS progress_changes_by_time ON progress_changes (changed_at);
+
 -- One user's changes are read through the primary key (user_id, …); all
 -- users' (the tailers) by position.
 CREATE INDEX IF NOT EXISTS user_progress_by_position ON user_progress (change_seq);
@@ -50,9 +74,14 @@ CREATE INDEX IF NOT EXISTS progress_tombstones_by_user_position ON progress_tomb
 -- deleted within the batch: the create's position was acknowledged, so a reader
 -- holding it must learn of the delete; written only while the row is still
 -- absent, checked under the counter's lock); pos: the position offset (1-based).
+-- The l_* arrays are the batch's events, every applied change in order (several
+-- of one record included): position offset, record (NULLs for a delete), who
+-- made it; each becomes one `progress_changes` row at base + offset.
 CREATE OR REPLACE FUNCTION mangahub_write_batch(
     u text[], m int8[], c int8[], p int4[], s text[], v int8[], t int8[], ev int8[],
-    op int2[], pos int4[], dev text[], orig text[], priv bool[], n_positions int4)
+    op int2[], pos int4[], dev text[], orig text[], priv bool[], n_positions int4,
+    l_pos int4[], l_u text[], l_m int8[], l_del bool[], l_c int8[], l_p int4[],
+    l_s text[], l_v int8[], l_t int8[], l_dev text[], l_orig text[], l_priv bool[])
 RETURNS int8 LANGUAGE plpgsql AS $$
 DECLARE
     base    int8;
@@ -102,6 +131,12 @@ BEGIN
     DELETE FROM progress_tombstones AS d
      USING UNNEST(u, m, op) AS x(u, m, op)
      WHERE x.op = 0 AND d.user_id = x.u AND d.manga_id = x.m;
+    INSERT INTO progress_changes (position, user_id, manga_id, deleted, current_chapter,
+                                  page, status, version, updated_at, device, origin, private)
+    SELECT base + x.pos, x.u, x.m, x.del, x.c::numeric / 100, x.p, x.s, x.v,
+           TIMESTAMPTZ 'epoch' + x.t * INTERVAL '1 microsecond', x.dev, x.orig, x.priv
+      FROM UNNEST(l_pos, l_u, l_m, l_del, l_c, l_p, l_s, l_v, l_t, l_dev, l_orig, l_priv)
+        AS x(pos, u, m, del, c, p, s, v, t, dev, orig, priv);
     PERFORM pg_notify('mangahub_changes', '');
     RETURN base;
 END

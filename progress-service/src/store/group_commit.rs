@@ -43,6 +43,10 @@ pub(crate) struct Writes {
     pub markers: Vec<(ProgressKey, Stamp)>,
     /// Positions the batch takes: one per applied change, in order.
     pub positions: i32,
+    /// Every applied change in order (several of one record included), at
+    /// its position offset: a store that keeps a change-by-change log (Postgres
+    /// alone) writes one entry each.
+    pub log: Vec<(i32, Change, WriteMeta)>,
 }
 
 impl Writes {
@@ -345,6 +349,7 @@ fn plan(
     let mut state: HashMap<&ProgressKey, (Option<Progress>, Stamp)> = HashMap::new();
     let mut outcomes = Vec::with_capacity(ops.len());
     let mut events = Vec::new();
+    let mut log = Vec::new();
     let mut offset: i32 = 0;
     for op in ops {
         let key = op.key();
@@ -362,6 +367,7 @@ fn plan(
                         meta: meta.clone(),
                     };
                     out.position = Some(i64::from(offset));
+                    log.push((offset, Change::Updated(out.progress.clone()), meta.clone()));
                     events.push(ChangeEvent {
                         change: Change::Updated(out.progress.clone()),
                         meta: meta.clone(),
@@ -377,6 +383,7 @@ fn plan(
                         offset,
                         meta: meta.clone(),
                     };
+                    log.push((offset, Change::Deleted(key.clone()), meta.clone()));
                     events.push(ChangeEvent {
                         change: Change::Deleted(key.clone()),
                         meta: meta.clone(),
@@ -391,6 +398,7 @@ fn plan(
     }
     let mut writes = Writes {
         positions: offset,
+        log,
         ..Writes::default()
     };
     for (key, (last, stamp)) in state {

@@ -2,8 +2,9 @@
 //! group-commit engine with one statement per kind of write per batch, each
 //! row guarded by the version it was planned against (other replicas may
 //! write the same rows). Positions come from a counter row locked until
-//! commit; every replica's `Tailer` follows the log (woken by NOTIFY) and
-//! publishes each change, so watchers on any replica see every change.
+//! commit; every replica's `Tailer` follows `progress_changes` (one row per
+//! applied change, woken by NOTIFY) and publishes each change, so watchers on
+//! any replica see every change, once, in position order.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,7 +23,7 @@ use super::rows::{LogRow, ProgressRow, into_events, into_records};
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta};
 use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome};
-use crate::events::{ChangeEvent, EventBus};
+use crate::events::{Change, ChangeEvent, EventBus};
 
 /// Reads map NUMERIC(10,2) and TIMESTAMPTZ to exact integers, never floats.
 macro_rules! select_rows {
@@ -142,7 +143,9 @@ pub(crate) async fn log_bounds(pool: &PgPool) -> Result<(i64, i64), StoreError> 
 }
 
 /// Changes in `(query.after, head]` from the tables, in position order.
-/// `Expired` when a delete marker after `query.after` may have been pruned.
+/// `Expired` when a delete marker after `query.after` may have been pruned,
+/// checked again after the read: a prune that committed between the caller's
+/// read of `pruned_through` and this read could have dropped a delete.
 pub(crate) async fn read_log_rows(
     pool: &PgPool,
     query: &LogQuery,
@@ -175,13 +178,55 @@ pub(crate) async fn read_log_rows(
                 .await?
         }
     };
+    let (_, pruned_after) = log_bounds(pool).await?;
+    if query.expired(pruned_after) {
+        return Err(LogError::Expired);
+    }
     Ok(into_events(rows)?)
 }
 
-/// Drops delete markers older than `retention` (and, in hybrid mode, below
-/// `floor`, the oldest change still queued), remembering the newest position
-/// dropped: cursors below it are expired. Takes the counter's row lock first,
-/// as every batch does, so it never deadlocks with one.
+/// Every change in `(after, head]` from `progress_changes`, one per applied
+/// change (a record changed twice has two), in position order. `Expired`
+/// when changes after `after` may have been pruned (checked before and after
+/// the read, as in `read_log_rows`).
+async fn read_changes(
+    pool: &PgPool,
+    after: i64,
+    head: i64,
+    pruned_through: i64,
+    limit: usize,
+) -> Result<Vec<ChangeEvent>, LogError> {
+    if after < pruned_through {
+        return Err(LogError::Expired);
+    }
+    let rows: Vec<LogRow> = sqlx::query_as(
+        "SELECT deleted, user_id, manga_id,
+           COALESCE((current_chapter * 100)::int8, 0) AS chapter_hundredths,
+           COALESCE(page, 0) AS page, COALESCE(status, 'reading') AS status,
+           COALESCE(version, 0) AS version,
+           COALESCE((EXTRACT(EPOCH FROM updated_at) * 1000000)::int8, 0) AS updated_at_us,
+           device, position AS change_seq, origin, private
+           FROM progress_changes
+          WHERE position > $1 AND position <= $2
+          ORDER BY position LIMIT $3",
+    )
+    .bind(after)
+    .bind(head)
+    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?;
+    let (_, pruned_after) = log_bounds(pool).await?;
+    if after < pruned_after {
+        return Err(LogError::Expired);
+    }
+    Ok(into_events(rows)?)
+}
+
+/// Drops delete markers and `progress_changes` rows older than `retention`
+/// (and, in hybrid mode, below `floor`, the oldest change still queued),
+/// remembering the newest position dropped: cursors (and tailers) below it
+/// are expired. Takes the counter's row lock first, as every batch does, so
+/// it never deadlocks with one. Returns the number of delete markers dropped.
 pub(crate) async fn prune_tombstones(
     pool: &PgPool,
     retention: Duration,
@@ -204,7 +249,21 @@ pub(crate) async fn prune_tombstones(
     .bind(floor)
     .fetch_one(&mut *tx)
     .await?;
-    if let Some(newest) = newest {
+    // Oldest first, so the rows kept are always every change after the newest
+    // one dropped. The hybrid store writes none.
+    let (newest_change,): (Option<i64>,) = sqlx::query_as(
+        "WITH gone AS (
+           DELETE FROM progress_changes
+            WHERE changed_at < now() - $1 * INTERVAL '1 second' AND position < $2
+           RETURNING position
+         )
+         SELECT max(position) FROM gone",
+    )
+    .bind(secs)
+    .bind(floor)
+    .fetch_one(&mut *tx)
+    .await?;
+    if let Some(newest) = newest.max(newest_change) {
         sqlx::query(
             "UPDATE progress_change_log SET pruned_through = GREATEST(pruned_through, $1)
               WHERE id = 1",
@@ -255,11 +314,24 @@ impl Tailer {
                     backoff.reset();
                 }
                 Err(LogError::Expired) => {
-                    // Offline past the retention: changes may be gone.
+                    // Offline past the retention: changes may be gone. Move to
+                    // the head first, then end the watchers: a watch opened
+                    // after the interrupt starts after a head at or above this
+                    // one, so live events continue it without a gap.
                     tracing::error!(position, "change log pruned past this replica's position");
-                    self.events.interrupt();
-                    if let Ok((head, _)) = log_bounds(&self.pool).await {
-                        position = head;
+                    match log_bounds(&self.pool).await {
+                        Ok((head, _)) => {
+                            position = head;
+                            self.events.interrupt();
+                        }
+                        Err(err) => {
+                            tracing::warn!(error = %err, "reading the change log head failed; retrying");
+                            tokio::select! {
+                                () = self.stop.cancelled() => return,
+                                () = tokio::time::sleep(backoff.next_delay()) => {}
+                            }
+                            continue;
+                        }
                     }
                 }
                 Err(LogError::Store(err)) => {
@@ -278,7 +350,7 @@ impl Tailer {
                     Ok(n) => {
                         tracing::info!(pruned = n, "delete markers past the retention dropped")
                     }
-                    Err(err) => tracing::warn!(error = %err, "pruning delete markers failed"),
+                    Err(err) => tracing::warn!(error = %err, "pruning the change log failed"),
                 }
             }
             let woke = async {
@@ -298,18 +370,12 @@ impl Tailer {
         }
     }
 
-    /// Publishes every change after `position`; the position reached.
+    /// Publishes every change after `position` (each one, from
+    /// `progress_changes`, not only each record's last); the position reached.
     async fn drain(&self, mut position: i64) -> Result<i64, LogError> {
         loop {
             let (head, pruned) = log_bounds(&self.pool).await?;
-            let query = LogQuery {
-                user_id: None,
-                after: position,
-                limit: TAIL_PAGE,
-                deletes: true,
-                deletes_after: position,
-            };
-            let changes = read_log_rows(&self.pool, &query, head, pruned).await?;
+            let changes = read_changes(&self.pool, position, head, pruned, TAIL_PAGE).await?;
             let page = LogPage { changes, head };
             let next = page.next_after(TAIL_PAGE, position);
             let full = page.changes.len() >= TAIL_PAGE;
@@ -446,6 +512,47 @@ struct WriteArrays {
     devices: Vec<Option<String>>,
     origins: Vec<String>,
     privates: Vec<bool>,
+    log: LogArrays,
+}
+
+/// The batch's events (every applied change, in order) as parallel arrays:
+/// one `progress_changes` row each. Record columns are NULL for a delete.
+#[derive(Default)]
+struct LogArrays {
+    positions: Vec<i32>,
+    user_ids: Vec<String>,
+    manga_ids: Vec<i64>,
+    deleted: Vec<bool>,
+    chapters: Vec<Option<i64>>,
+    pages: Vec<Option<i32>>,
+    statuses: Vec<Option<&'static str>>,
+    versions: Vec<Option<i64>>,
+    updated_at_us: Vec<Option<i64>>,
+    devices: Vec<Option<String>>,
+    origins: Vec<String>,
+    privates: Vec<bool>,
+}
+
+impl LogArrays {
+    fn push(&mut self, offset: i32, change: &Change, meta: &WriteMeta) {
+        let (key, row) = match change {
+            Change::Updated(p) => (&p.key, Some(p)),
+            Change::Deleted(key) => (key, None),
+        };
+        self.positions.push(offset);
+        self.user_ids.push(key.user_id.clone());
+        self.manga_ids.push(key.manga_id);
+        self.deleted.push(row.is_none());
+        self.chapters.push(row.map(|p| p.chapter.hundredths()));
+        self.pages.push(row.map(|p| p.page));
+        self.statuses.push(row.map(|p| p.status.as_str()));
+        self.versions.push(row.map(|p| p.version));
+        self.updated_at_us
+            .push(row.map(|p| p.updated_at.timestamp_micros()));
+        self.devices.push(row.and_then(|p| p.device.clone()));
+        self.origins.push(meta.origin.clone());
+        self.privates.push(meta.private);
+    }
 }
 
 impl WriteArrays {
@@ -477,6 +584,9 @@ impl WriteArrays {
 
     fn from_writes(writes: &Writes) -> Self {
         let mut arrays = Self::default();
+        for (offset, change, meta) in &writes.log {
+            arrays.log.push(*offset, change, meta);
+        }
         for (p, stamp) in &writes.inserts {
             arrays.push(&p.key, Some(p), 0, 0, stamp);
         }
@@ -493,11 +603,13 @@ impl WriteArrays {
     }
 }
 
-/// Every write of a batch in one call of `mangahub_write_batch` (migrations
-/// 0004 and 0005), so it commits on its own in one round trip.
+/// Every write of a batch in one call of `mangahub_write_batch` (migration
+/// 0004), its events included, so it commits on its own in one round trip.
 const WRITE_BATCH: &str = "SELECT mangahub_write_batch($1::text[], $2::int8[], $3::int8[],
     $4::int4[], $5::text[], $6::int8[], $7::int8[], $8::int8[], $9::int2[], $10::int4[],
-    $11::text[], $12::text[], $13::bool[], $14::int4)";
+    $11::text[], $12::text[], $13::bool[], $14::int4, $15::int4[], $16::text[], $17::int8[],
+    $18::bool[], $19::int8[], $20::int4[], $21::text[], $22::int8[], $23::int8[],
+    $24::text[], $25::text[], $26::bool[])";
 
 /// SQLSTATE raised by the write function when a guard missed (serialization_failure).
 const GUARD_MISSED: &str = "40001";
@@ -583,6 +695,18 @@ impl SqlBatch for PgBatch {
             .bind(&a.origins)
             .bind(&a.privates)
             .bind(writes.positions)
+            .bind(&a.log.positions)
+            .bind(&a.log.user_ids)
+            .bind(&a.log.manga_ids)
+            .bind(&a.log.deleted)
+            .bind(&a.log.chapters)
+            .bind(&a.log.pages)
+            .bind(&a.log.statuses)
+            .bind(&a.log.versions)
+            .bind(&a.log.updated_at_us)
+            .bind(&a.log.devices)
+            .bind(&a.log.origins)
+            .bind(&a.log.privates)
             .fetch_one(&self.pool)
             .await;
         match result {

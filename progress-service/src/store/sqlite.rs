@@ -209,15 +209,6 @@ impl ProgressStore for SqliteStore {
         if query.after > head {
             return Err(LogError::Expired);
         }
-        if query.deletes {
-            let (pruned,): (i64,) =
-                sqlx::query_as("SELECT pruned_through FROM progress_change_log WHERE id = 1")
-                    .fetch_one(&self.reads)
-                    .await?;
-            if query.expired(pruned) {
-                return Err(LogError::Expired);
-            }
-        }
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let rows: Vec<LogRow> = match &query.user_id {
             Some(_) => sqlx::query_as(log_rows!("AND user_id = ?4")),
@@ -230,6 +221,17 @@ impl ProgressStore for SqliteStore {
         .bind(query.deletes)
         .fetch_all(&self.reads)
         .await?;
+        // Read after the rows: a prune that dropped a marker they lack has
+        // committed by then, and shows here.
+        if query.deletes {
+            let (pruned,): (i64,) =
+                sqlx::query_as("SELECT pruned_through FROM progress_change_log WHERE id = 1")
+                    .fetch_one(&self.reads)
+                    .await?;
+            if query.expired(pruned) {
+                return Err(LogError::Expired);
+            }
+        }
         Ok(LogPage {
             changes: into_events(rows)?,
             head,
@@ -355,15 +357,11 @@ impl SqliteBatch {
             Ok::<_, sqlx::Error>(())
         }
         .await;
-        match (in_tx, result) {
-            (true, Ok(())) => sqlx::query("COMMIT").execute(&mut *conn).await.map(drop)?,
-            (true, Err(err)) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                return Err(err.into());
-            }
-            (false, result) => result?,
+        if in_tx {
+            finish(&mut conn, result).await
+        } else {
+            Ok(result?)
         }
-        Ok(())
     }
 
     /// Drops delete markers older than `retention`, remembering the newest
@@ -396,17 +394,28 @@ impl SqliteBatch {
             Ok::<_, sqlx::Error>(gone)
         }
         .await;
-        match result {
-            Ok(gone) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
-                Ok(gone)
-            }
-            Err(err) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-                Err(err.into())
-            }
-        }
+        finish(&mut conn, result).await
     }
+}
+
+/// Commits the open transaction after `result`, or rolls it back: also when
+/// COMMIT itself fails, so the one writer connection never goes back to the
+/// pool inside a transaction (the next batch would run in it, uncommitted).
+async fn finish<T>(
+    conn: &mut sqlx::pool::PoolConnection<Sqlite>,
+    result: Result<T, sqlx::Error>,
+) -> Result<T, StoreError> {
+    let committed = match result {
+        Ok(value) => sqlx::query("COMMIT")
+            .execute(&mut **conn)
+            .await
+            .map(|_| value),
+        Err(err) => Err(err),
+    };
+    if committed.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut **conn).await;
+    }
+    Ok(committed?)
 }
 
 #[async_trait]

@@ -735,6 +735,101 @@ async fn a_watcher_on_one_replica_sees_every_change_of_both(backend: Backend) {
     );
 }
 
+/// Postgres alone keeps each record's last change in its tables, so a tailer
+/// reading the tables would deliver only the latest of several changes of one
+/// record made between two of its reads (or within one group-commit batch).
+/// It reads `progress_changes` (one row per change) instead: a watcher on
+/// replica 1 gets every acknowledged change made on replica 2, each once, in
+/// order, even with 50 changes of one record in one `UpdateProgressBatch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replicas_deliver_every_change_of_a_record_changed_many_times() {
+    let one = spawn_app(Backend::Postgres).await;
+    let two = spawn_replica(&one, &[]).await;
+    let tail = Tail::start(&one.client, "", false).await;
+    let marker = Seen::of_update(&two.update("marker", 1, "1").await);
+    tail.wait_for(&HashSet::from([marker.cursor.clone()]), "the first marker")
+        .await;
+    let start = tail.seen().len();
+
+    const BATCHES: i64 = 6;
+    const PER_BATCH: i64 = 50;
+    let mut acked = Acked::default();
+    let mut batch = |updates: Vec<pb::UpdateProgressRequest>| {
+        let client = two.client.clone();
+        async move {
+            client
+                .clone()
+                .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
+                .await
+                .expect("batch served")
+                .into_inner()
+                .results
+                .into_iter()
+                .map(|r| match r.result.expect("a result") {
+                    pb::update_progress_result::Result::Ok(ack) => Seen::of_update(&ack),
+                    pb::update_progress_result::Result::Error(err) => {
+                        panic!("update failed: {err:?}")
+                    }
+                })
+                .collect::<Vec<Seen>>()
+        }
+    };
+    for b in 0..BATCHES {
+        // One record 50 times, another 5 times in between.
+        let mut updates = Vec::new();
+        for i in 1..=PER_BATCH {
+            updates.push(update_req("pipe", 1, &(b * PER_BATCH + i).to_string()));
+            if i % 10 == 0 {
+                updates.push(update_req("pipe", 2, &(b * 5 + i / 10).to_string()));
+            }
+        }
+        for change in batch(updates).await {
+            acked.push(change);
+        }
+    }
+    // A delete, then the record created again and changed in one batch.
+    let cursor = delete_with(&two.client, "pipe", 2).await.expect("deleted");
+    acked.push(Seen::of_delete("pipe", 2, cursor));
+    for change in batch(
+        (1..=10)
+            .map(|c| update_req("pipe", 2, &c.to_string()))
+            .collect(),
+    )
+    .await
+    {
+        acked.push(change);
+    }
+
+    let cursors: HashSet<String> = acked.0.iter().map(|c| c.cursor.clone()).collect();
+    tail.wait_for(&cursors, "every acknowledged change").await;
+    let last = Seen::of_update(&two.update("marker", 2, "1").await);
+    tail.wait_for(&HashSet::from([last.cursor.clone()]), "the last marker")
+        .await;
+    let events = tail.seen();
+    assert_eq!(events.last(), Some(&last));
+    exactly_once_in_order(
+        &events[start..],
+        &acked.0,
+        &HashSet::from([last.cursor.clone()]),
+        "watcher on replica 1",
+    );
+    let versions: Vec<i64> = events[start..]
+        .iter()
+        .filter(|c| c.key() == ("pipe".to_owned(), 1))
+        .map(|c| c.version)
+        .collect();
+    assert_eq!(
+        versions,
+        (1..=BATCHES * PER_BATCH).collect::<Vec<_>>(),
+        "every version of the record, in order"
+    );
+    assert!(
+        tail.ends().is_empty(),
+        "the stream stayed open: {:?}",
+        tail.ends()
+    );
+}
+
 // --- 5. many writers, a tailing reader ----------------------------------
 
 /// Postgres alone, the key correctness test: 2 replicas × 16 tasks × 150

@@ -472,13 +472,34 @@ impl HybridStore {
             return Err(LogError::Expired);
         }
         let mut changes = Vec::with_capacity(entries.ids.len());
-        for entry in &entries.ids {
-            match codec::log_event(entry) {
-                Ok(event) => changes.push(event),
-                Err(err) => {
-                    tracing::warn!(error = %err, id = entry.id, "undecodable change skipped")
+        let mut batch = entries.ids;
+        loop {
+            let requested = query.limit - changes.len();
+            let cut = batch.len() >= requested;
+            let last = batch.last().and_then(|e| codec::position_of(&e.id));
+            for entry in &batch {
+                match codec::log_event(entry) {
+                    Ok(event) => changes.push(event),
+                    Err(err) => {
+                        tracing::warn!(error = %err, id = entry.id, "undecodable change skipped")
+                    }
                 }
             }
+            // A skipped entry must not make a page cut by its limit look
+            // complete (the reader would stop paging): read on to fill it.
+            let (true, Some(last)) = (cut && changes.len() < query.limit, last) else {
+                break;
+            };
+            let more: StreamRangeReply = redis::cmd("XRANGE")
+                .arg(codec::LOG_STREAM)
+                .arg(format!("({last}-0"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(query.limit - changes.len())
+                .query_async(&mut conn)
+                .await
+                .map_err(cache::redis_error)?;
+            batch = more.ids;
         }
         let head = changes.last().map_or(head, |e| e.position.max(head));
         Ok(LogPage { changes, head })
