@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS progress_changes (
     private         BOOLEAN       NOT NULL DEFAULT false,
     changed_at      TIMESTAMPTZ   NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS progress_changes_by_time ON progress_changes (changed_at);
+-- Rows are appended in time order: a BRIN index finds the old ones to prune
+-- for almost no cost per insert.
+CREATE INDEX IF NOT EXISTS progress_changes_by_time ON progress_changes USING brin (changed_at);
 
 -- One user's changes are read through the primary key (user_id, …); all
 -- users' (the tailers) by position.

@@ -754,7 +754,7 @@ async fn postgres_replicas_deliver_every_change_of_a_record_changed_many_times()
     const BATCHES: i64 = 6;
     const PER_BATCH: i64 = 50;
     let mut acked = Acked::default();
-    let mut batch = |updates: Vec<pb::UpdateProgressRequest>| {
+    let batch = |updates: Vec<pb::UpdateProgressRequest>| {
         let client = two.client.clone();
         async move {
             client
@@ -874,11 +874,17 @@ async fn many_writers_and_tailing_readers(backend: Backend) {
     const TASKS: i64 = 16;
     const PER_TASK: i64 = 150;
     const USERS: i64 = 8;
-    let one = spawn_app(backend).await;
+    // Four group-commit writers per Postgres replica (the default is one):
+    // more transactions racing for positions at once.
+    let shards: &[&str] = match backend {
+        Backend::Postgres => &["--write-shards", "4"],
+        _ => &[],
+    };
+    let one = spawn_app_with(backend, shards).await;
     // One SQLite file serves one process: its "two replicas" are one.
     let two = match backend {
         Backend::Sqlite => None,
-        _ => Some(spawn_replica(&one, &[]).await),
+        _ => Some(spawn_replica(&one, shards).await),
     };
     let two = two.as_ref().unwrap_or(&one);
     let tail = Tail::start(&one.client, "", false).await;

@@ -122,6 +122,12 @@ async fn run(
         if epoch.is_some() {
             place.epoch = epoch;
         }
+        if wiped {
+            // A new dataset: read its stream from the start (its ids follow
+            // Redis's clock, which may be behind the old position).
+            place.position = 0;
+            continue;
+        }
         let entries = reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids))
             .into_iter()
