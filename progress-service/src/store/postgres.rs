@@ -225,8 +225,10 @@ async fn read_changes(
 /// Drops delete markers and `progress_changes` rows older than `retention`
 /// (and, in hybrid mode, below `floor`, the oldest change still queued),
 /// remembering the newest position dropped: cursors (and tailers) below it
-/// are expired. Takes the counter's row lock first, as every batch does, so
-/// it never deadlocks with one. Returns the number of delete markers dropped.
+/// are expired. Takes the counter's row lock first, as every Postgres-alone
+/// batch does, then the hybrid batch writers' lock, as they do before
+/// touching delete markers: it never deadlocks with either. Returns the
+/// number of delete markers dropped.
 pub(crate) async fn prune_tombstones(
     pool: &PgPool,
     retention: Duration,
@@ -235,6 +237,10 @@ pub(crate) async fn prune_tombstones(
     let secs = i64::try_from(retention.as_secs()).unwrap_or(i64::MAX);
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT 1 FROM progress_change_log WHERE id = 1 FOR UPDATE")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(super::hybrid::BATCH_LOCK)
         .execute(&mut *tx)
         .await?;
     let (pruned, newest): (i64, Option<i64>) = sqlx::query_as(

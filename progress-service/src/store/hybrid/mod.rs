@@ -38,6 +38,7 @@ use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
 use crate::events::{Change, ChangeEvent, EventBus};
 
 pub use self::codec::{GROUP, STREAM, hash_key};
+pub(crate) use self::pg::BATCH_LOCK;
 
 /// Writes of one process to one record take turns, so compare-and-set
 /// conflicts only come from other replicas.

@@ -13,7 +13,7 @@ use crate::store::StoreError;
 
 /// Serialises batch transactions of all replicas: the tombstone check of one
 /// batch must see the deletes of another that committed just before it.
-const BATCH_LOCK: i64 = 0x6d68_7072_6f67;
+pub(crate) const BATCH_LOCK: i64 = 0x6d68_7072_6f67;
 
 #[derive(Debug, sqlx::FromRow)]
 struct RowWithSeq {
