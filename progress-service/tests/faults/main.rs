@@ -224,6 +224,40 @@ async fn held_entries(conn: &mut redis::aio::MultiplexedConnection) -> u64 {
         .map_or(0, |(n, ..)| n)
 }
 
+/// Writes until 2,000 updates were acknowledged, waits until the batch
+/// writer holds read but unflushed entries, then kills the service with
+/// SIGKILL and lets the callers finish: what the load saw, and a connection
+/// to its Redis.
+async fn load_then_kill_while_entries_are_held(
+    service: &mut Service,
+    redis: &PrivateRedis,
+) -> (Arc<Load>, redis::aio::MultiplexedConnection) {
+    let load = Arc::new(Load::default());
+    let callers = start_load(service.client(), load.clone(), true);
+    wait_until(Duration::from_secs(60), "a stream of acks", || {
+        let load = load.clone();
+        async move { load.acks.load(Ordering::Relaxed) >= 2000 }
+    })
+    .await
+    .expect("load runs");
+    let conn = redis_conn(redis).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the batch writer to hold entries",
+        || {
+            let mut conn = conn.clone();
+            async move { held_entries(&mut conn).await > 0 }
+        },
+    )
+    .await
+    .expect("entries held");
+    service.kill9();
+    for caller in callers {
+        caller.await.expect("caller ends");
+    }
+    (load, conn)
+}
+
 async fn redis_conn(redis: &PrivateRedis) -> redis::aio::MultiplexedConnection {
     redis::Client::open(redis.url())
         .expect("url")
@@ -239,31 +273,9 @@ async fn kill_9_loses_no_acknowledged_update() {
     let redis = PrivateRedis::start(true).await.expect("private Redis");
     let mut service = Service::start(&database_url, &redis.url()).await;
 
-    let load = Arc::new(Load::default());
-    let callers = start_load(service.client(), load.clone(), true);
-    wait_until(Duration::from_secs(60), "a stream of acks", || {
-        let load = load.clone();
-        async move { load.acks.load(Ordering::Relaxed) >= 2000 }
-    })
-    .await
-    .expect("load runs");
     // Kill while the batch writer holds read-but-unacknowledged entries, so
     // the restart must claim them back.
-    let mut conn = redis_conn(&redis).await;
-    wait_until(
-        Duration::from_secs(30),
-        "the batch writer to hold entries",
-        || {
-            let mut conn = conn.clone();
-            async move { held_entries(&mut conn).await > 0 }
-        },
-    )
-    .await
-    .expect("entries held");
-    service.kill9();
-    for caller in callers {
-        caller.await.expect("caller ends");
-    }
+    let (load, mut conn) = load_then_kill_while_entries_are_held(&mut service, &redis).await;
     // Usually still > 0; when the writer acked in the instant before the kill
     // the claim path is not exercised, but nothing below depends on it.
     eprintln!(
@@ -347,29 +359,7 @@ async fn a_restarted_replica_flushes_what_its_killed_run_held_within_5s() {
     )
     .await;
 
-    let load = Arc::new(Load::default());
-    let callers = start_load(service.client(), load.clone(), true);
-    wait_until(Duration::from_secs(60), "a stream of acks", || {
-        let load = load.clone();
-        async move { load.acks.load(Ordering::Relaxed) >= 2000 }
-    })
-    .await
-    .expect("load runs");
-    let mut conn = redis_conn(&redis).await;
-    wait_until(
-        Duration::from_secs(30),
-        "the batch writer to hold entries",
-        || {
-            let mut conn = conn.clone();
-            async move { held_entries(&mut conn).await > 0 }
-        },
-    )
-    .await
-    .expect("entries held");
-    service.kill9();
-    for caller in callers {
-        caller.await.expect("caller ends");
-    }
+    let (load, mut conn) = load_then_kill_while_entries_are_held(&mut service, &redis).await;
     let held = held_entries(&mut conn).await;
     assert!(held > 0, "the killed writer held read, unflushed entries");
     let every_ack = load.every_ack.lock().expect("lock").clone();
