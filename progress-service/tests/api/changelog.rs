@@ -22,8 +22,8 @@ use tonic::transport::Channel;
 use tonic::{Code, Status, Streaming};
 
 use crate::helpers::{
-    Backend, TestApp, both_backends, spawn_app, spawn_app_on, spawn_app_with, spawn_replica,
-    update_req,
+    Backend, TestApp, both_backends, delete_on, spawn_app, spawn_app_on, spawn_app_with,
+    spawn_replica, update_req,
 };
 
 both_backends!(
@@ -152,22 +152,8 @@ async fn update(app: &TestApp, acked: &mut Acked, user: &str, manga: i64, chapte
     acked.push(Seen::of_update(&app.update(user, manga, chapter).await))
 }
 
-async fn delete_with(client: &Client, user: &str, manga: i64) -> Result<String, Status> {
-    client
-        .clone()
-        .delete_progress(pb::DeleteProgressRequest {
-            user_id: user.into(),
-            manga_id: manga,
-            origin: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().cursor)
-}
-
 async fn delete(app: &TestApp, acked: &mut Acked, user: &str, manga: i64) -> Seen {
-    let cursor = delete_with(&app.client, user, manga)
-        .await
-        .expect("deleted");
+    let cursor = delete_on(&app.client, user, manga).await.expect("deleted");
     acked.push(Seen::of_delete(user, manga, cursor))
 }
 
@@ -702,9 +688,7 @@ async fn a_watcher_on_one_replica_sees_every_change_of_both(backend: Backend) {
             async move {
                 if i % 16 == 0 {
                     let manga = i / 16 + 1;
-                    let cursor = delete_with(&app.client, "rep", manga)
-                        .await
-                        .expect("deleted");
+                    let cursor = delete_on(&app.client, "rep", manga).await.expect("deleted");
                     Seen::of_delete("rep", manga, cursor)
                 } else {
                     Seen::of_update(&app.update(&format!("rep-{}", i % 5), 100 + i, "1").await)
@@ -788,7 +772,7 @@ async fn postgres_replicas_deliver_every_change_of_a_record_changed_many_times()
         }
     }
     // A delete, then the record created again and changed in one batch.
-    let cursor = delete_with(&two.client, "pipe", 2).await.expect("deleted");
+    let cursor = delete_on(&two.client, "pipe", 2).await.expect("deleted");
     acked.push(Seen::of_delete("pipe", 2, cursor));
     for change in batch(
         (1..=10)
@@ -1298,7 +1282,7 @@ async fn devices_are_stored_returned_and_validated(backend: Backend) {
         "user_id",
         "list",
     );
-    invalid_naming(delete_with(&app.client, nul, 1).await, "user_id", "delete");
+    invalid_naming(delete_on(&app.client, nul, 1).await, "user_id", "delete");
     invalid_naming(sync_with(&app.client, nul, "", 0).await, "user_id", "sync");
     invalid_naming(
         app.send(update_req("bell\u{7}", 1, "1")).await,
@@ -1458,7 +1442,7 @@ async fn a_cursor_older_than_the_retention_expires() {
     let user = "ret";
     app.update(user, 1, "1").await;
     let old = app.update(user, 2, "1").await.cursor;
-    let deleted = delete_with(&app.client, user, 1).await.expect("deleted");
+    let deleted = delete_on(&app.client, user, 1).await.expect("deleted");
     // The prune runs at startup (and every minute): restart to run it.
     app.restart().await;
     let client = app.client.clone();
@@ -1523,7 +1507,7 @@ async fn a_delete_after_a_create_in_one_commit_is_not_lost(backend: Backend) {
                     }
                 });
                 tokio::task::yield_now().await;
-                let deleted = delete_with(&client, user, manga).await;
+                let deleted = delete_on(&client, user, manga).await;
                 let created = create.await.expect("task").expect("update").into_inner();
                 match deleted {
                     Ok(cursor) => Some((manga, Seen::of_update(&created).cursor, cursor)),

@@ -261,17 +261,27 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
-    pub async fn delete(&self, user: &str, manga: i64) -> Result<(), tonic::Status> {
-        self.client
-            .clone()
-            .delete_progress(pb::DeleteProgressRequest {
-                user_id: user.into(),
-                manga_id: manga,
-                origin: String::new(),
-            })
-            .await
-            .map(|_| ())
+    /// The delete's cursor.
+    pub async fn delete(&self, user: &str, manga: i64) -> Result<String, tonic::Status> {
+        delete_on(&self.client, user, manga).await
     }
+}
+
+/// Deletes through `client` (any replica); the delete's cursor.
+pub async fn delete_on(
+    client: &ProgressServiceClient<Channel>,
+    user: &str,
+    manga: i64,
+) -> Result<String, tonic::Status> {
+    client
+        .clone()
+        .delete_progress(pb::DeleteProgressRequest {
+            user_id: user.into(),
+            manga_id: manga,
+            origin: String::new(),
+        })
+        .await
+        .map(|r| r.into_inner().cursor)
 }
 
 impl Drop for TestApp {

@@ -197,10 +197,15 @@ async fn drained_rows(
     })
     .await
     .expect("queue drains");
+    stored_versions(&pool).await
+}
+
+/// manga -> version of the load's user in Postgres.
+async fn stored_versions(pool: &sqlx::PgPool) -> HashMap<i64, i64> {
     let rows: Vec<(i64, i64)> =
         sqlx::query_as("SELECT manga_id, version FROM user_progress WHERE user_id = $1")
             .bind(USER)
-            .fetch_all(&pool)
+            .fetch_all(pool)
             .await
             .expect("rows");
     rows.into_iter().collect()
@@ -380,13 +385,7 @@ async fn a_restarted_replica_flushes_what_its_killed_run_held_within_5s() {
     service.spawn().await;
     let serving = restarted.elapsed();
     let (took, missing) = loop {
-        let rows: Vec<(i64, i64)> =
-            sqlx::query_as("SELECT manga_id, version FROM user_progress WHERE user_id = $1")
-                .bind(USER)
-                .fetch_all(&pool)
-                .await
-                .expect("rows");
-        let missing = behind(&rows.into_iter().collect());
+        let missing = behind(&stored_versions(&pool).await);
         let took = restarted.elapsed();
         if missing == 0 || took > Duration::from_secs(5) {
             break (took, missing);
