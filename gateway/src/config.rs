@@ -115,6 +115,11 @@ pub struct Config {
     #[arg(long, env = "WATCH_RETRY_MAX", default_value = "5s", value_parser = humantime::parse_duration)]
     pub watch_retry_max: Duration,
 
+    /// Longest pause between health probes of an unreachable progress-service
+    /// replica (a restarted replica rejoins within about this long).
+    #[arg(long, env = "HEALTH_RETRY_MAX", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub health_retry_max: Duration,
+
     /// PEM certificate chain; with --tls-key the port speaks TLS.
     #[arg(long, env = "TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 use tonic::Code;
 
 use crate::auth::Identity;
-use crate::backend::Client;
+use crate::backend::{self, Replicas, Retry};
 use crate::fanout::{Conn, Fanout};
 use crate::protocol::{
     Change, Channel, ChannelRef, Device, ErrorCode, ErrorReply, ListQuery, MangaRef, Record,
@@ -21,7 +21,7 @@ use crate::protocol::{
 
 /// What every connection's handlers share.
 pub struct Backend {
-    pub client: Client,
+    pub replicas: Arc<Replicas>,
     pub fanout: Arc<Fanout>,
     pub grpc_timeout: Duration,
     pub max_subscriptions: usize,
@@ -99,8 +99,7 @@ async fn update(
     cmd: UpdateCommand,
 ) -> Result<Reply, ErrorReply> {
     let request = update_request(backend, session, cmd)?;
-    let mut client = backend.client.clone();
-    let response = call(backend, "UpdateProgress", client.update_progress(request)).await?;
+    let response = call(backend, UPDATE_PROGRESS, Retry::NotSent, request, update_one).await?;
     ack(id, &response)
 }
 
@@ -134,13 +133,17 @@ pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) 
             },
         }
     }
-    let mut client = backend.client.clone();
     let responses: Vec<Result<pb::UpdateProgressResponse, ErrorReply>> = if requests.len() > 1 {
         let batch = pb::UpdateProgressBatchRequest { updates: requests };
+        let batch_call = |mut client: backend::Client, batch| async move {
+            client.update_progress_batch(batch).await
+        };
         match call(
             backend,
             "UpdateProgressBatch",
-            client.update_progress_batch(batch),
+            Retry::NotSent,
+            batch,
+            batch_call,
         )
         .await
         {
@@ -151,7 +154,7 @@ pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) 
             Err(err) => vec![Err(err); slots.len()],
         }
     } else if let Some(request) = requests.pop() {
-        vec![call(backend, "UpdateProgress", client.update_progress(request)).await]
+        vec![call(backend, UPDATE_PROGRESS, Retry::NotSent, request, update_one).await]
     } else {
         Vec::new()
     };
@@ -224,8 +227,10 @@ async fn get(
         user_id: session.identity.user_id.to_string(),
         manga_id,
     };
-    let mut client = backend.client.clone();
-    let progress = call(backend, "GetProgress", client.get_progress(request)).await?;
+    let get = |mut client: backend::Client, request| async move {
+        client.get_progress(request).await
+    };
+    let progress = call(backend, "GetProgress", Retry::Idempotent, request, get).await?;
     Ok(Reply::new(&ServerMessage::Progress {
         id,
         data: record(Some(&progress))?,
@@ -247,8 +252,10 @@ async fn list(
         page_size: i32::try_from(query.limit).unwrap_or(1000),
         page_token: query.cursor.unwrap_or_default(),
     };
-    let mut client = backend.client.clone();
-    let response = call(backend, "ListProgress", client.list_progress(request)).await?;
+    let list = |mut client: backend::Client, request| async move {
+        client.list_progress(request).await
+    };
+    let response = call(backend, "ListProgress", Retry::Idempotent, request, list).await?;
     let items = response
         .items
         .iter()
@@ -272,8 +279,10 @@ async fn delete(
         manga_id,
         origin: backend.fanout.origin(session.conn.id()),
     };
-    let mut client = backend.client.clone();
-    let response = call(backend, "DeleteProgress", client.delete_progress(request)).await?;
+    let delete = |mut client: backend::Client, request| async move {
+        client.delete_progress(request).await
+    };
+    let response = call(backend, "DeleteProgress", Retry::NotSent, request, delete).await?;
     Ok(Reply::new(&ServerMessage::ProgressDeleted {
         id,
         channel: None,
@@ -293,8 +302,10 @@ async fn sync(
         after: query.cursor.unwrap_or_default(),
         limit: i32::try_from(query.limit).unwrap_or(1000),
     };
-    let mut client = backend.client.clone();
-    let response = call(backend, SYNC_PROGRESS, client.sync_progress(request)).await?;
+    let sync = |mut client: backend::Client, request| async move {
+        client.sync_progress(request).await
+    };
+    let response = call(backend, SYNC_PROGRESS, Retry::Idempotent, request, sync).await?;
     let changes = response
         .changes
         .iter()
@@ -366,16 +377,36 @@ fn internal() -> ErrorReply {
     ErrorReply::new(ErrorCode::Internal, "internal error")
 }
 
-async fn call<T>(
+async fn update_one(
+    mut client: backend::Client,
+    request: pb::UpdateProgressRequest,
+) -> Result<tonic::Response<pb::UpdateProgressResponse>, tonic::Status> {
+    client.update_progress(request).await
+}
+
+/// One call on a healthy replica (retried on another as `retry` allows),
+/// within the gRPC deadline, timed, and its failure mapped to a reply.
+async fn call<Req, T, F, Fut>(
     backend: &Backend,
     method: &'static str,
-    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-) -> Result<T, ErrorReply> {
+    retry: Retry,
+    request: Req,
+    call: F,
+) -> Result<T, ErrorReply>
+where
+    Req: Clone,
+    F: Fn(backend::Client, Req) -> Fut,
+    Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
     let started = Instant::now();
-    let result = tokio::time::timeout(backend.grpc_timeout, call).await;
+    let calling = backend.replicas.call(method, retry, request, call);
+    let result = tokio::time::timeout(backend.grpc_timeout, calling).await;
     let (code, result) = match result {
-        Ok(Ok(response)) => ("OK", Ok(response.into_inner())),
-        Ok(Err(status)) => (code_label(status.code()), Err(map_status(method, &status))),
+        Ok(Ok(response)) => ("OK", Ok(response)),
+        Ok(Err(status)) => (
+            backend::code_label(status.code()),
+            Err(map_status(method, &status)),
+        ),
         Err(_) => {
             tracing::warn!(method, "progress service call timed out");
             ("TIMEOUT", Err(unavailable()))
@@ -393,6 +424,7 @@ fn unavailable() -> ErrorReply {
     )
 }
 
+const UPDATE_PROGRESS: &str = "UpdateProgress";
 const SYNC_PROGRESS: &str = "SyncProgress";
 
 /// Both cursor errors send the client back to a sync from scratch.
@@ -425,7 +457,7 @@ fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
         // Made on this side from a broken connection (the service was killed
         // or drained mid-call), not answered by the service: the request may
         // or may not have been applied; the client retries like any outage.
-        Code::Unknown | Code::Internal if std::error::Error::source(status).is_some() => {
+        _ if backend::broken(status) => {
             tracing::warn!(method, code = ?status.code(), message = status.message(), "connection to the progress service broke mid-call");
             unavailable()
         }
@@ -438,18 +470,5 @@ fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
             );
             internal()
         }
-    }
-}
-
-fn code_label(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::NotFound => "NOT_FOUND",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-        _ => "OTHER",
     }
 }

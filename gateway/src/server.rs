@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
-use crate::backend;
+use crate::backend::{HealthSettings, Replicas};
 use crate::config::Config;
 use crate::connection::{self, Shared};
 use crate::fanout::registry::{Registry, quota};
@@ -49,7 +49,8 @@ pub struct Gateway {
     listener: TcpListener,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
-    watch_client: backend::Client,
+    replicas: Arc<Replicas>,
+    health_settings: HealthSettings,
     tls: Option<TlsAcceptor>,
     max_connections: usize,
     watch_settings: WatchSettings,
@@ -66,15 +67,12 @@ impl Gateway {
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
-        let client = backend::client(&config)?;
-        // The event stream gets its own HTTP/2 connection, so its traffic
-        // never shares a connection with request/response calls.
-        let watch_client = backend::client(&config)?;
+        let replicas = Arc::new(Replicas::new(&config)?);
         let (user_rate, user_burst) = config.user_rate();
         let fanout = Arc::new(Fanout::new(Registry::new(quota(user_rate, user_burst))));
         let shared = Arc::new(Shared {
             backend: Backend {
-                client,
+                replicas: replicas.clone(),
                 fanout,
                 grpc_timeout: config.grpc_timeout,
                 max_subscriptions: config.max_subscriptions,
@@ -100,7 +98,11 @@ impl Gateway {
             listener,
             admin,
             shared,
-            watch_client,
+            replicas,
+            health_settings: HealthSettings {
+                probe_timeout: config.grpc_timeout,
+                retry_max: config.health_retry_max,
+            },
             tls,
             max_connections: config.max_connections(),
             watch_settings: WatchSettings {
@@ -147,7 +149,8 @@ impl Gateway {
             listener,
             admin,
             shared,
-            watch_client,
+            replicas,
+            health_settings,
             tls,
             max_connections,
             watch_settings,
@@ -164,9 +167,10 @@ impl Gateway {
         }
         let flush_tasks = shared.flushers.spawn();
         tokio::spawn(connection::sweep_idle(shared.clone(), stop.clone()));
+        let health_tasks = replicas.monitor(health_settings, &stop);
         let stream_task = tokio::spawn(event_stream::run(
             shared.backend.fanout.clone(),
-            watch_client,
+            replicas,
             watch_settings,
             ready_tx,
             stop.clone(),
@@ -244,6 +248,9 @@ impl Gateway {
             tracing::warn!("connections still open after the drain period");
         }
         let _ = stream_task.await;
+        for task in health_tasks {
+            let _ = task.await;
+        }
         for task in flush_tasks {
             task.abort();
         }

@@ -1,12 +1,15 @@
 //! What both services share to run in production: the admin HTTP port, the
-//! shutdown signal, log setup, and settings whose values must never be printed.
+//! shutdown signal, log setup, retry backoff, and settings whose values must
+//! never be printed.
 
 mod admin;
+mod backoff;
 mod secret;
 mod shutdown;
 pub mod telemetry;
 
 pub use admin::{ReadyCheck, metrics_handle, serve};
+pub use backoff::Backoff;
 pub use secret::Secret;
 pub use shutdown::shutdown_signal;
 pub use telemetry::LogFormat;

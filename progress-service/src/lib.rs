@@ -6,7 +6,6 @@ pub mod config;
 pub mod domain;
 pub mod events;
 pub mod grpc;
-mod retry;
 pub mod startup;
 pub mod store;
 pub mod telemetry;

@@ -114,7 +114,7 @@ impl Application {
             ServiceTokenCheck::new(config.service_token.as_ref()),
         );
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (mut health, health_service) = tonic_health::server::health_reporter();
         health
             .set_service_status(SERVICE_NAME, ServingStatus::Serving)
             .await;
@@ -158,12 +158,14 @@ impl Application {
             () = shutdown => {}
         }
         tracing::info!(drain = ?config.shutdown_drain, "shutting down");
-        health
-            .set_service_status(SERVICE_NAME, ServingStatus::NotServing)
-            .await;
-        health
-            .set_service_status("", ServingStatus::NotServing)
-            .await;
+        // Watchers (the gateways) learn NOT_SERVING and route elsewhere; then
+        // their health streams end, so they do not hold up the drain.
+        for service in [SERVICE_NAME, ""] {
+            health
+                .set_service_status(service, ServingStatus::NotServing)
+                .await;
+            health.clear_service_status(service).await;
+        }
         stop_watchers.cancel();
         stop_serving.cancel();
         match tokio::time::timeout(config.shutdown_drain, &mut server).await {

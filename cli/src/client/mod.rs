@@ -16,7 +16,8 @@ use session::{Message, Session};
 
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Gateway address.
+    /// Gateway address; several, comma-separated, are tried in order (the
+    /// first that accepts the connection is used).
     #[arg(
         long,
         env = "MANGAHUB_ADDR",

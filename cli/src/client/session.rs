@@ -62,6 +62,24 @@ impl Message {
     }
 }
 
+/// The first of the comma-separated `addrs` that accepts a connection.
+async fn connect_any(addrs: &str) -> anyhow::Result<TcpStream> {
+    let mut failures = Vec::new();
+    for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+        match TcpStream::connect(addr).await {
+            Ok(stream) => return Ok(stream),
+            Err(err) => {
+                tracing::debug!(addr, %err, "gateway unreachable; trying the next");
+                failures.push(format!("{addr}: {err}"));
+            }
+        }
+    }
+    if failures.is_empty() {
+        bail!("no gateway address given");
+    }
+    bail!("connecting to the gateway: {}", failures.join("; "))
+}
+
 pub struct Session {
     writer: OwnedWriteHalf,
     lines: Lines<BufReader<OwnedReadHalf>>,
@@ -73,10 +91,10 @@ pub struct Session {
 
 impl Session {
     /// Connects and authenticates; `device` names this device to the gateway.
-    pub async fn connect(addr: &str, token: &str, device: Option<&str>) -> anyhow::Result<Self> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to the gateway at {addr}"))?;
+    /// `addrs` may list several gateways, comma-separated: the first that
+    /// accepts the connection is used (the others are failovers).
+    pub async fn connect(addrs: &str, token: &str, device: Option<&str>) -> anyhow::Result<Self> {
+        let stream = connect_any(addrs).await?;
         stream.set_nodelay(true)?;
         let (read, writer) = stream.into_split();
         let mut session = Session {

@@ -65,3 +65,28 @@ async fn client_commands_print_the_documented_output() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--chapter must be a decimal number"));
     assert!(dev.interrupt().await.success());
 }
+
+#[tokio::test]
+async fn client_with_several_gateway_addresses_uses_the_first_that_accepts() {
+    let dev = start_dev().await;
+    // A port nobody listens on, then the real gateway.
+    let dead = format!(
+        "127.0.0.1:{}",
+        testkit::free_port().expect("a free port")
+    );
+    let addrs = format!("{dead},{}", dev.gateway);
+    let mut cmd = crate::helpers::mangahub();
+    cmd.args(["client", "--addr", &addrs, "--token", &dev.token])
+        .args(["update", "--manga", "9", "--chapter", "2"]);
+    let saved = output(&mut cmd).await;
+    assert!(saved.status.success(), "{saved:?}");
+    assert!(stdout(&saved).starts_with("saved: manga 9: chapter 2,"));
+
+    // None reachable: a clear error naming each address.
+    let mut cmd = crate::helpers::mangahub();
+    cmd.args(["client", "--addr", &dead, "--token", &dev.token, "list"]);
+    let failed = output(&mut cmd).await;
+    assert!(!failed.status.success());
+    let err = String::from_utf8_lossy(&failed.stderr);
+    assert!(err.contains(&dead), "{err}");
+}

@@ -7,6 +7,7 @@
 mod binaries;
 mod compose;
 mod compose_check;
+mod failover;
 mod process;
 mod restart;
 mod smoke;

@@ -2,8 +2,9 @@
 //! cursor of the last event it delivered. When the stream breaks (the
 //! service restarted, the network failed, or the gateway lagged and the
 //! service ended the stream) it is re-opened with exponential backoff and
-//! `after` = that cursor: the service replays what the gap held, so clients
-//! notice nothing.
+//! `after` = that cursor, on another healthy replica when there is one (every
+//! replica serves the same change log): the service replays what the gap
+//! held, so clients notice nothing.
 //!
 //! `RESYNC` goes to every authenticated connection only when resuming is
 //! impossible: the service refused the cursor (expired — older than its
@@ -22,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
 use super::Fanout;
-use crate::backend::Client;
+use mangahub_ops::Backoff;
+
+use crate::backend::Replicas;
 use crate::protocol::SystemCode;
 
 /// One stream per gateway: retrying it quickly costs the service little.
@@ -48,13 +51,15 @@ enum Ended {
 
 pub async fn run(
     fanout: Arc<Fanout>,
-    mut client: Client,
+    replicas: Arc<Replicas>,
     settings: WatchSettings,
     ready: watch::Sender<bool>,
     stop: CancellationToken,
 ) {
-    let mut delay = FIRST_RETRY;
+    let mut backoff = Backoff::new(FIRST_RETRY, settings.retry_max.max(FIRST_RETRY));
     let mut opened_before = false;
+    // The replica whose stream (or attempt) failed last: avoided next time.
+    let mut failed: Option<usize> = None;
     // The cursor of the last event delivered; `None` until one arrives.
     let mut last: Option<String> = None;
     loop {
@@ -63,6 +68,7 @@ pub async fn run(
             after: after.clone(),
             ..Default::default()
         };
+        let (replica, mut client) = replicas.events(failed);
         let opened = tokio::select! {
             () = stop.cancelled() => return,
             opened = tokio::time::timeout(settings.open_timeout, client.watch_progress(request)) => opened,
@@ -79,7 +85,8 @@ pub async fn run(
                         .map(str::to_owned);
                 }
                 ready.send_replace(true);
-                delay = FIRST_RETRY;
+                backoff.reset();
+                failed = None;
                 announce(&fanout, opened_before, !after.is_empty());
                 opened_before = true;
                 let stream = response.into_inner();
@@ -88,11 +95,13 @@ pub async fn run(
                 ended
             }
             Ok(Err(status)) => {
-                tracing::warn!(code = ?status.code(), message = status.message(), retry_in = ?delay, "cannot open the event stream");
+                let url = replicas.replicas()[replica].url();
+                tracing::warn!(replica = url, code = ?status.code(), message = status.message(), "cannot open the event stream");
                 classify(&status, !after.is_empty())
             }
             Err(_) => {
-                tracing::warn!(retry_in = ?delay, "opening the event stream timed out");
+                let url = replicas.replicas()[replica].url();
+                tracing::warn!(replica = url, "opening the event stream timed out");
                 Ended::Broke
             }
         };
@@ -103,13 +112,12 @@ pub async fn run(
                 last = None;
                 continue;
             }
-            Ended::CursorRefused | Ended::Broke => {}
+            Ended::CursorRefused | Ended::Broke => failed = Some(replica),
         }
         tokio::select! {
             () = stop.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
         }
-        delay = (delay * 2).min(settings.retry_max.max(FIRST_RETRY));
     }
 }
 

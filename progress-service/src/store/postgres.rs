@@ -303,7 +303,7 @@ impl Tailer {
     async fn run(self, mut position: i64) {
         let mut listener = None;
         let mut last_prune: Option<std::time::Instant> = None;
-        let mut backoff = crate::retry::Backoff::default();
+        let mut backoff = mangahub_ops::Backoff::default();
         while !self.stop.is_cancelled() {
             if listener.is_none() {
                 match PgListener::connect_with(&self.pool).await {

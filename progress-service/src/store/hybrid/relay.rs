@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::codec;
 use crate::events::EventBus;
-use crate::retry::Backoff;
+use mangahub_ops::Backoff;
 
 const READ_COUNT: usize = 1000;
 const BLOCK: Duration = Duration::from_secs(2);
