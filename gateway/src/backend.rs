@@ -296,8 +296,7 @@ fn retryable(status: &Status, retry: Retry) -> bool {
     match retry {
         Retry::NotSent => not_sent(status),
         Retry::Idempotent => {
-            unreachable(status)
-                || matches!(status.code(), Code::Unavailable | Code::Cancelled)
+            unreachable(status) || matches!(status.code(), Code::Unavailable | Code::Cancelled)
         }
     }
 }

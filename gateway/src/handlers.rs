@@ -99,7 +99,14 @@ async fn update(
     cmd: UpdateCommand,
 ) -> Result<Reply, ErrorReply> {
     let request = update_request(backend, session, cmd)?;
-    let response = call(backend, UPDATE_PROGRESS, Retry::NotSent, request, update_one).await?;
+    let response = call(
+        backend,
+        UPDATE_PROGRESS,
+        Retry::NotSent,
+        request,
+        update_one,
+    )
+    .await?;
     ack(id, &response)
 }
 
@@ -154,7 +161,16 @@ pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) 
             Err(err) => vec![Err(err); slots.len()],
         }
     } else if let Some(request) = requests.pop() {
-        vec![call(backend, UPDATE_PROGRESS, Retry::NotSent, request, update_one).await]
+        vec![
+            call(
+                backend,
+                UPDATE_PROGRESS,
+                Retry::NotSent,
+                request,
+                update_one,
+            )
+            .await,
+        ]
     } else {
         Vec::new()
     };
@@ -227,9 +243,8 @@ async fn get(
         user_id: session.identity.user_id.to_string(),
         manga_id,
     };
-    let get = |mut client: backend::Client, request| async move {
-        client.get_progress(request).await
-    };
+    let get =
+        |mut client: backend::Client, request| async move { client.get_progress(request).await };
     let progress = call(backend, "GetProgress", Retry::Idempotent, request, get).await?;
     Ok(Reply::new(&ServerMessage::Progress {
         id,
@@ -252,9 +267,8 @@ async fn list(
         page_size: i32::try_from(query.limit).unwrap_or(1000),
         page_token: query.cursor.unwrap_or_default(),
     };
-    let list = |mut client: backend::Client, request| async move {
-        client.list_progress(request).await
-    };
+    let list =
+        |mut client: backend::Client, request| async move { client.list_progress(request).await };
     let response = call(backend, "ListProgress", Retry::Idempotent, request, list).await?;
     let items = response
         .items
@@ -279,9 +293,8 @@ async fn delete(
         manga_id,
         origin: backend.fanout.origin(session.conn.id()),
     };
-    let delete = |mut client: backend::Client, request| async move {
-        client.delete_progress(request).await
-    };
+    let delete =
+        |mut client: backend::Client, request| async move { client.delete_progress(request).await };
     let response = call(backend, "DeleteProgress", Retry::NotSent, request, delete).await?;
     Ok(Reply::new(&ServerMessage::ProgressDeleted {
         id,
@@ -302,9 +315,8 @@ async fn sync(
         after: query.cursor.unwrap_or_default(),
         limit: i32::try_from(query.limit).unwrap_or(1000),
     };
-    let sync = |mut client: backend::Client, request| async move {
-        client.sync_progress(request).await
-    };
+    let sync =
+        |mut client: backend::Client, request| async move { client.sync_progress(request).await };
     let response = call(backend, SYNC_PROGRESS, Retry::Idempotent, request, sync).await?;
     let changes = response
         .changes

@@ -70,10 +70,7 @@ async fn client_commands_print_the_documented_output() {
 async fn client_with_several_gateway_addresses_uses_the_first_that_accepts() {
     let dev = start_dev().await;
     // A port nobody listens on, then the real gateway.
-    let dead = format!(
-        "127.0.0.1:{}",
-        testkit::free_port().expect("a free port")
-    );
+    let dead = format!("127.0.0.1:{}", testkit::free_port().expect("a free port"));
     let addrs = format!("{dead},{}", dev.gateway);
     let mut cmd = crate::helpers::mangahub();
     cmd.args(["client", "--addr", &addrs, "--token", &dev.token])

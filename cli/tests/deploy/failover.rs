@@ -113,10 +113,16 @@ async fn run_device(
         let (kind, request) = if !read_next {
             manga += 1;
             let data = json!({"manga_id":manga,"chapter":3});
-            ("progress_update", json!({"type":"progress_update","id":id,"data":data}))
+            (
+                "progress_update",
+                json!({"type":"progress_update","id":id,"data":data}),
+            )
         } else {
             let data = json!({"manga_id":manga});
-            ("get_progress", json!({"type":"get_progress","id":id,"data":data}))
+            (
+                "get_progress",
+                json!({"type":"get_progress","id":id,"data":data}),
+            )
         };
         let sent = Instant::now();
         write.write_all(format!("{request}\n").as_bytes()).await?;
@@ -157,7 +163,12 @@ fn answered(logs: &[Log]) -> Vec<usize> {
     logs.iter().map(|l| l.lock().expect("log").len()).collect()
 }
 
-async fn wait_answers(tasks: &[JoinHandle<anyhow::Result<()>>], logs: &[Log], base: &[usize], more: usize) {
+async fn wait_answers(
+    tasks: &[JoinHandle<anyhow::Result<()>>],
+    logs: &[Log],
+    base: &[usize],
+    more: usize,
+) {
     wait_until(STEP, "devices to get answers", || {
         let done = logs
             .iter()
@@ -263,12 +274,18 @@ async fn failover(stop_kind: Stop) {
         Stop::Kill => replica_a.kill(STEP).await,
         Stop::Terminate => replica_a.terminate(),
     }
-    wait_until(STEP, "the gateway to mark the killed replica unhealthy", || async {
-        let page = metrics(admin).await;
-        page.lines().any(|l| {
-            l.starts_with("gateway_replica_healthy") && l.contains(&label_a) && l.ends_with(" 0")
-        })
-    })
+    wait_until(
+        STEP,
+        "the gateway to mark the killed replica unhealthy",
+        || async {
+            let page = metrics(admin).await;
+            page.lines().any(|l| {
+                l.starts_with("gateway_replica_healthy")
+                    && l.contains(&label_a)
+                    && l.ends_with(" 0")
+            })
+        },
+    )
     .await
     .expect("the gateway notices the kill");
     let known = Instant::now();
@@ -285,17 +302,31 @@ async fn failover(stop_kind: Stop) {
     }
     // Restarted on the same port: it rejoins and takes calls again.
     let _replica_a = start_replica(a, &database_url).await;
-    wait_until(STEP, "the restarted replica to be healthy again", || async {
-        let page = metrics(admin).await;
-        page.lines().any(|l| {
-            l.starts_with("gateway_replica_healthy") && l.contains(&label_a) && l.ends_with(" 1")
-        })
-    })
+    wait_until(
+        STEP,
+        "the restarted replica to be healthy again",
+        || async {
+            let page = metrics(admin).await;
+            page.lines().any(|l| {
+                l.starts_with("gateway_replica_healthy")
+                    && l.contains(&label_a)
+                    && l.ends_with(" 1")
+            })
+        },
+    )
     .await
     .expect("the replica rejoins");
-    let calls_at_rejoin = series(&metrics(admin).await, "gateway_replica_calls_total", &label_a);
+    let calls_at_rejoin = series(
+        &metrics(admin).await,
+        "gateway_replica_calls_total",
+        &label_a,
+    );
     wait_until(STEP, "the restarted replica to take calls", || async {
-        series(&metrics(admin).await, "gateway_replica_calls_total", &label_a) > calls_at_rejoin
+        series(
+            &metrics(admin).await,
+            "gateway_replica_calls_total",
+            &label_a,
+        ) > calls_at_rejoin
     })
     .await
     .expect("calls reach the restarted replica");
@@ -339,7 +370,10 @@ async fn failover(stop_kind: Stop) {
         "only UNAVAILABLE, and only around the kill: {failures:?}"
     );
     if stop_kind == Stop::Terminate {
-        assert!(failures.is_empty(), "a drained replica fails nothing: {failures:?}");
+        assert!(
+            failures.is_empty(),
+            "a drained replica fails nothing: {failures:?}"
+        );
     }
     gateway.terminate();
     assert!(gateway.wait(STEP).await.success());
