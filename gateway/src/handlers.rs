@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mangahub_proto::INVALID_FIELD_TRAILER;
 use mangahub_proto::v1 as pb;
 use serde_json::value::RawValue;
 use tonic::Code;
@@ -444,6 +445,29 @@ const CURSOR_EXPIRED: &str = "cursor expired: the changes after it are no longer
 const CURSOR_MALFORMED: &str =
     "cursor: not a cursor this service issued; sync again without a cursor";
 
+/// `INVALID_DATA` naming the field by its protocol name. The service names
+/// the field of its request in a trailer; its message starts with it.
+fn invalid_field(status: &tonic::Status) -> ErrorReply {
+    let field = status
+        .metadata()
+        .get(INVALID_FIELD_TRAILER)
+        .and_then(|v| v.to_str().ok());
+    let Some(field) = field else {
+        return ErrorReply::new(ErrorCode::InvalidData, status.message().to_owned());
+    };
+    let detail = status
+        .message()
+        .strip_prefix(field)
+        .and_then(|m| m.strip_prefix(": "))
+        .unwrap_or(status.message());
+    let name = match field {
+        "page_token" | "after" => "cursor",
+        "page_size" => "limit",
+        other => other,
+    };
+    ErrorReply::new(ErrorCode::InvalidData, format!("{name}: {detail}"))
+}
+
 fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
     match status.code() {
         Code::NotFound => ErrorReply::new(ErrorCode::NotFound, status.message().to_owned()),
@@ -455,13 +479,7 @@ fn map_status(method: &'static str, status: &tonic::Status) -> ErrorReply {
         Code::InvalidArgument if method == SYNC_PROGRESS => {
             ErrorReply::new(ErrorCode::InvalidData, CURSOR_MALFORMED)
         }
-        Code::InvalidArgument => {
-            let message = status
-                .message()
-                .replace("page_token", "cursor")
-                .replace("page_size", "limit");
-            ErrorReply::new(ErrorCode::InvalidData, message)
-        }
+        Code::InvalidArgument => invalid_field(status),
         Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::ResourceExhausted => {
             tracing::warn!(method, code = ?status.code(), message = status.message(), "progress service unavailable");
             unavailable()

@@ -42,27 +42,6 @@ pub enum ErrorCode {
     Internal,
 }
 
-impl ErrorCode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "INVALID_JSON",
-            ErrorCode::InvalidMessage => "INVALID_MESSAGE",
-            ErrorCode::UnknownType => "UNKNOWN_TYPE",
-            ErrorCode::InvalidData => "INVALID_DATA",
-            ErrorCode::Forbidden => "FORBIDDEN",
-            ErrorCode::AuthRequired => "AUTH_REQUIRED",
-            ErrorCode::NotFound => "NOT_FOUND",
-            ErrorCode::RateLimited => "RATE_LIMITED",
-            ErrorCode::MessageTooLarge => "MESSAGE_TOO_LARGE",
-            ErrorCode::TooManySubscriptions => "TOO_MANY_SUBSCRIPTIONS",
-            ErrorCode::Unavailable => "UNAVAILABLE",
-            ErrorCode::SlowConsumer => "SLOW_CONSUMER",
-            ErrorCode::CursorExpired => "CURSOR_EXPIRED",
-            ErrorCode::Internal => "INTERNAL",
-        }
-    }
-}
-
 /// A protocol-level failure answered with an `error` message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorReply {

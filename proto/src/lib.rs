@@ -18,3 +18,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 /// the stream starts after, so a watcher can resume even before its first
 /// event.
 pub const WATCH_CURSOR_HEADER: &str = "mangahub-cursor";
+
+/// Trailer of an `INVALID_ARGUMENT` status: the request field at fault (the
+/// message starts with it too, for people), so callers can map it to their
+/// own names without parsing text.
+pub const INVALID_FIELD_TRAILER: &str = "mangahub-field";

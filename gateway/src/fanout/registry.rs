@@ -110,8 +110,4 @@ impl Registry {
             }
         }
     }
-
-    pub fn connected_users(&self) -> usize {
-        self.users.len()
-    }
 }

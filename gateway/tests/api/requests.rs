@@ -121,6 +121,9 @@ async fn list_progress_pages_with_a_cursor_and_filters_by_time() {
         .request(json!({"type":"list_progress","data":{"cursor":"not-a-cursor"}}))
         .await;
     assert_eq!(bad_cursor["code"], "INVALID_DATA", "{bad_cursor}");
+    // Named by its protocol name, not the service's (`page_token`).
+    let message = bad_cursor["message"].as_str().expect("message");
+    assert!(message.starts_with("cursor: "), "{message}");
 }
 
 #[tokio::test]

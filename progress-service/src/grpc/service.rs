@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert;
 use crate::changelog::{LogCursor, LogError, LogPage, LogQuery};
-use crate::domain::{ProgressKey, UpdateOutcome, validate_user_id};
+use crate::domain::{ProgressKey, UpdateOutcome, ValidationError, validate_user_id};
 use crate::events::{ChangeEvent, EventBus, Subscription};
 use crate::store::{Cursor, DynStore, ListQuery, WriteMeta};
 
@@ -70,9 +70,11 @@ impl ProgressService for ProgressApi {
     ) -> Result<Response<pb::UpdateProgressBatchResponse>, Status> {
         let updates = request.into_inner().updates;
         if updates.len() > MAX_BATCH_UPDATES {
-            return Err(Status::invalid_argument(format!(
-                "updates: at most {MAX_BATCH_UPDATES} per call"
-            )));
+            return Err(ValidationError::new(
+                "updates",
+                format!("at most {MAX_BATCH_UPDATES} per call"),
+            )
+            .into());
         }
         // Invalid updates are answered in place; the rest go to the store in order.
         let mut results: Vec<Option<pb::update_progress_result::Result>> = Vec::new();
@@ -133,9 +135,7 @@ impl ProgressService for ProgressApi {
             Ok(0) => DEFAULT_PAGE_SIZE,
             Ok(n) if n <= MAX_PAGE_SIZE => n,
             _ => {
-                return Err(Status::invalid_argument(
-                    "page_size: must be between 0 and 1000",
-                ));
+                return Err(ValidationError::new("page_size", "must be between 0 and 1000").into());
             }
         };
         let after = match req.page_token.as_str() {
@@ -199,9 +199,7 @@ impl ProgressService for ProgressApi {
             Ok(0) => DEFAULT_SYNC_LIMIT,
             Ok(n) if n <= MAX_SYNC_LIMIT => n,
             _ => {
-                return Err(Status::invalid_argument(
-                    "limit: must be between 0 and 1000",
-                ));
+                return Err(ValidationError::new("limit", "must be between 0 and 1000").into());
             }
         };
         let epoch = self.store.epoch();

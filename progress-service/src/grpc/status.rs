@@ -1,6 +1,8 @@
 //! Every error crossing the gRPC boundary is mapped here, once.
 
-use tonic::Status;
+use mangahub_proto::INVALID_FIELD_TRAILER;
+use tonic::metadata::{MetadataMap, MetadataValue};
+use tonic::{Code, Status};
 
 use crate::changelog::LogError;
 use crate::domain::ValidationError;
@@ -8,7 +10,9 @@ use crate::store::StoreError;
 
 impl From<ValidationError> for Status {
     fn from(err: ValidationError) -> Self {
-        Status::invalid_argument(err.to_string())
+        let mut metadata = MetadataMap::new();
+        metadata.insert(INVALID_FIELD_TRAILER, MetadataValue::from_static(err.field));
+        Status::with_metadata(Code::InvalidArgument, err.to_string(), metadata)
     }
 }
 

@@ -3,6 +3,14 @@ use tonic::Code;
 
 use crate::helpers::{Backend, both_backends, spawn_app, update_req};
 
+/// The field an `INVALID_ARGUMENT` names in its trailer.
+fn named_field(status: &tonic::Status) -> Option<&str> {
+    status
+        .metadata()
+        .get(mangahub_proto::INVALID_FIELD_TRAILER)
+        .and_then(|v| v.to_str().ok())
+}
+
 both_backends!(bad_input_is_invalid_argument_naming_the_field);
 
 async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
@@ -48,6 +56,7 @@ async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
             "{field}: {}",
             err.message()
         );
+        assert_eq!(named_field(&err), Some(field), "{req:?}");
     }
     assert_eq!(
         app.get("u", 1).await.expect_err("nothing written").code(),
@@ -80,6 +89,7 @@ async fn bad_input_is_invalid_argument_naming_the_field(backend: Backend) {
             "{field}: {}",
             err.message()
         );
+        assert_eq!(named_field(&err), Some(field));
     }
     assert_eq!(
         app.get("", 1).await.expect_err("bad user").code(),

@@ -182,11 +182,6 @@ impl HybridStore {
             State::Absent => Ok(pg::get_with_seq(&self.pool, key).await?.map(|(p, _)| p)),
         }
     }
-
-    /// Test and benchmark access to the Redis half (e.g. to drive a stale warm).
-    pub fn cache(&self) -> &Cache {
-        &self.cache
-    }
 }
 
 fn contention() -> StoreError {
