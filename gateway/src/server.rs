@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
+use mangahub_ops::Backoff;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
@@ -27,6 +28,7 @@ use crate::fanout::watch::{self as event_stream, WatchSettings};
 use crate::fanout::{Fanout, Flushers};
 use crate::handlers::Backend;
 
+const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Tells whether the gateway's event stream to the progress service is up.
@@ -179,7 +181,7 @@ impl Gateway {
 
         let permits = Arc::new(Semaphore::new(max_connections));
         let next_id = AtomicU64::new(1);
-        let mut backoff = Duration::from_millis(5);
+        let mut backoff = Backoff::new(FIRST_ACCEPT_BACKOFF, MAX_ACCEPT_BACKOFF);
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
@@ -192,17 +194,17 @@ impl Gateway {
             };
             let stream = match accepted {
                 Ok((stream, _peer)) => {
-                    backoff = Duration::from_millis(5);
+                    backoff.reset();
                     stream
                 }
                 Err(err) if is_per_connection(&err) => continue,
                 Err(err) => {
-                    tracing::warn!(%err, retry_in = ?backoff, "accept failed");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(%err, retry_in = ?delay, "accept failed");
                     tokio::select! {
                         _ = &mut shutdown => break,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
                     continue;
                 }
             };

@@ -1,4 +1,6 @@
-//! Exponential backoff between retries of a background loop.
+//! Exponential backoff between retries of a background loop: the one used
+//! by every retry loop of both services (accept errors, the event stream,
+//! health probes, the hybrid relay and batch writer, the Postgres tailer).
 
 use std::time::Duration;
 
@@ -33,5 +35,19 @@ impl Backoff {
 
     pub fn reset(&mut self) {
         self.next = self.first;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_up_to_the_cap_and_reset_starts_over() {
+        let mut backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(35));
+        let delays: Vec<u128> = (0..5).map(|_| backoff.next_delay().as_millis()).collect();
+        assert_eq!(delays, [10, 20, 35, 35, 35]);
+        backoff.reset();
+        assert_eq!(backoff.next_delay(), Duration::from_millis(10));
     }
 }

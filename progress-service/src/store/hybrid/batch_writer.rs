@@ -12,6 +12,8 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use mangahub_ops::Backoff;
+
 use redis::Script;
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamRangeReply, StreamReadReply};
@@ -28,7 +30,6 @@ use crate::store::StoreError;
 const MAX_BLOCK: Duration = Duration::from_secs(1);
 const GAUGE_EVERY: Duration = Duration::from_secs(1);
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown keeps trying to flush before leaving entries queued
 /// (another replica, or this one after a restart, takes them over).
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
@@ -93,7 +94,7 @@ impl BatchWriter {
         let mut deadline: Option<Instant> = None;
         let start = Instant::now();
         let (mut last_gauges, mut last_claim, mut last_prune) = (None, None, Some(start));
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         // Whether the lease was held at the last turn; a fresh hold (the
         // start, or the lease regained) first flushes this consumer's entries.
         let mut had_lease = false;
@@ -136,7 +137,7 @@ impl BatchWriter {
             };
             match self.read_new(max - held.len(), Some(block)).await {
                 Ok(entries) => {
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     held.extend(entries);
                 }
                 Err(err) => {
@@ -231,12 +232,11 @@ impl BatchWriter {
         false
     }
 
-    async fn pause(&self, backoff: &mut Duration) {
+    async fn pause(&self, backoff: &mut Backoff) {
         tokio::select! {
-            () = tokio::time::sleep(*backoff) => {}
+            () = tokio::time::sleep(backoff.next_delay()) => {}
             () = self.stop.cancelled(), if self.give_up_at.is_none() => {}
         }
-        *backoff = (*backoff * 2).min(MAX_BACKOFF);
     }
 
     /// New entries (never delivered to any consumer).
@@ -323,7 +323,7 @@ impl BatchWriter {
     /// acknowledges them. `false` only when shutdown gave up.
     async fn flush(&mut self, entries: &mut Vec<Entry>) -> bool {
         let batch = collapse(entries);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::default();
         let started = Instant::now();
         if !batch.is_empty() {
             loop {
@@ -348,7 +348,7 @@ impl BatchWriter {
                     .set(batch.len() as f64 / took.as_secs_f64());
             }
         }
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         loop {
             match self.acknowledge(entries, &batch).await {
                 Ok(()) => break,
