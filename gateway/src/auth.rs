@@ -3,12 +3,14 @@
 //! `iat`, when present, may lie at most `JWT_LEEWAY` in the future; `alg: none`
 //! and any algorithm without a configured key are rejected before any
 //! signature check, so a public key can never be used as an HMAC secret.
-//! User ids and usernames with NUL or other control characters are refused.
+//! User ids and usernames are checked by `mangahub_model`'s rules (no NUL or
+//! other control characters; user ids 1..128 bytes).
 
 use std::sync::Arc;
 
 use anyhow::Context;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use mangahub_model::{validate_user_id, validate_username};
 use serde::Deserialize;
 
 use crate::config::Config;
@@ -76,14 +78,6 @@ struct Claims {
     /// Checked here: `Validation` has no `iat` option.
     #[serde(default)]
     iat: Option<serde_json::Value>,
-}
-
-const MAX_USER_ID_BYTES: usize = 128;
-
-/// Contract §6: identifiers (user ids, usernames) carry no NUL or other
-/// control characters (`char::is_control`, the progress service's rule).
-fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
 }
 
 fn unix_now() -> u64 {
@@ -201,10 +195,13 @@ impl Authenticator {
             _ => None,
         }
         .or(claims.sub)
-        .filter(|u| !u.is_empty() && u.len() <= MAX_USER_ID_BYTES && !has_control(u))
+        .filter(|u| validate_user_id(u).is_ok())
         .ok_or(AuthError::NoUser)?;
         let username = claims.username.filter(|u| !u.is_empty());
-        if username.as_deref().is_some_and(has_control) {
+        if username
+            .as_deref()
+            .is_some_and(|u| validate_username(u).is_err())
+        {
             return Err(AuthError::Claims);
         }
         Ok(Identity {

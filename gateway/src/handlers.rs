@@ -217,7 +217,7 @@ fn update_request(
         manga_id: cmd.manga_id,
         chapter: cmd.chapter.to_string(),
         page: cmd.page,
-        status: cmd.status,
+        status: cmd.status.map(|s| s.as_str().to_owned()),
         force: cmd.force,
         private: cmd.private,
         origin: backend.fanout.origin(session.conn.id()),

@@ -1,9 +1,9 @@
 //! The JSON-lines protocol of contract §5: what clients send (`Request`), what
 //! the gateway answers or pushes (`ServerMessage`), and the exact shape of a
 //! progress record. Chapters travel as JSON numbers whose text is parsed
-//! exactly (`chapter` module); no value here ever passes through a float.
+//! exactly (`mangahub_model::Chapter::from_json_number`); no value here ever
+//! passes through a float.
 
-mod chapter;
 mod device;
 mod request;
 
@@ -14,8 +14,8 @@ use mangahub_proto::v1 as pb;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-pub use chapter::Chapter;
-pub use device::{Device, DeviceError};
+pub use device::Device;
+pub use mangahub_model::Chapter;
 pub use request::{
     Channel, DataError, ListQuery, ParseError, Request, SyncQuery, UpdateCommand, parse_line,
 };
@@ -97,7 +97,7 @@ impl Record {
         Some(Self {
             user_id: p.user_id.clone(),
             manga_id: p.manga_id,
-            chapter: chapter.to_json(),
+            chapter: chapter_json(chapter),
             page: p.page,
             status: p.status.clone(),
             version: p.version,
@@ -106,6 +106,11 @@ impl Record {
             username: None,
         })
     }
+}
+
+/// A chapter as a JSON number: its canonical text, which always is one.
+pub fn chapter_json(chapter: Chapter) -> Box<RawValue> {
+    RawValue::from_string(chapter.to_string()).unwrap_or_default()
 }
 
 /// A change's cursor as clients get it: the service's (opaque, never

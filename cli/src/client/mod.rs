@@ -186,7 +186,8 @@ fn print(msg: &Message, json: bool) {
     }
 }
 
-/// JSON `data` of a `progress_update`; the chapter goes out as the number typed.
+/// JSON `data` of a `progress_update`; the chapter is checked by the
+/// record's own rule and goes out in its canonical form.
 fn update_data(
     manga: i64,
     chapter: &str,
@@ -195,14 +196,9 @@ fn update_data(
     force: bool,
     private: bool,
 ) -> anyhow::Result<String> {
-    let is_plain_decimal = !chapter.is_empty()
-        && chapter.bytes().all(|b| b.is_ascii_digit() || b == b'.')
-        && chapter.bytes().filter(|b| *b == b'.').count() <= 1
-        && !chapter.starts_with('.')
-        && !chapter.ends_with('.');
-    if !is_plain_decimal {
-        bail!("--chapter must be a decimal number such as 76 or 76.5");
-    }
+    let chapter: mangahub_model::Chapter = chapter.parse().map_err(|err| {
+        anyhow::anyhow!("--chapter must be a decimal number such as 76 or 76.5 ({err})")
+    })?;
     let mut data = format!(r#"{{"manga_id":{manga},"chapter":{chapter}"#);
     if let Some(page) = page {
         data += &format!(r#","page":{page}"#);

@@ -45,6 +45,8 @@ fn is_fresh(binary: &Path) -> bool {
         "Cargo.lock",
         "proto",
         "migrations",
+        "model/src",
+        "model/Cargo.toml",
         "ops/src",
         "ops/Cargo.toml",
         "progress-service/src",

@@ -1,31 +1,18 @@
-//! The name a device gives itself in `auth` (contract §6): 1..64 bytes of
-//! printable UTF-8. This type is the one place that rule lives in the gateway.
+//! The name a device gives itself in `auth` (contract §6); the rule itself is
+//! `mangahub_model::validate_device`.
 
 use std::fmt;
 use std::sync::Arc;
 
-pub const MAX_DEVICE_BYTES: usize = 64;
+use mangahub_model::{ValidationError, validate_device};
 
 /// A checked device name; cheap to clone onto every update of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Device(Arc<str>);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum DeviceError {
-    #[error("must be 1 to {MAX_DEVICE_BYTES} bytes")]
-    Length,
-    #[error("must be printable text without control characters")]
-    Control,
-}
-
 impl Device {
-    pub fn parse(name: &str) -> Result<Self, DeviceError> {
-        if name.is_empty() || name.len() > MAX_DEVICE_BYTES {
-            return Err(DeviceError::Length);
-        }
-        if name.chars().any(char::is_control) {
-            return Err(DeviceError::Control);
-        }
+    pub fn parse(name: &str) -> Result<Self, ValidationError> {
+        validate_device(name)?;
         Ok(Self(name.into()))
     }
 

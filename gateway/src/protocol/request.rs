@@ -7,15 +7,13 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::value::RawValue;
 
-use super::chapter::{Chapter, ChapterError};
+use mangahub_model::limits::{
+    DEFAULT_LIST_LIMIT, DEFAULT_SYNC_LIMIT, MAX_MANGA_ID, MAX_PAGE, MAX_PAGE_SIZE,
+};
+use mangahub_model::{Chapter, Status};
+
 use super::device::Device;
 use super::{ErrorCode, ErrorReply, RequestId};
-
-const MAX_MANGA_ID: i64 = (1 << 53) - 1;
-const MAX_PAGE: i64 = 100_000;
-const DEFAULT_LIST_LIMIT: u32 = 100;
-const DEFAULT_SYNC_LIMIT: u32 = 500;
-const STATUSES: [&str; 5] = ["reading", "completed", "on_hold", "dropped", "plan_to_read"];
 
 /// A subscription target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -38,7 +36,7 @@ pub struct UpdateCommand {
     pub manga_id: i64,
     pub chapter: Chapter,
     pub page: i32,
-    pub status: Option<String>,
+    pub status: Option<Status>,
     pub force: bool,
     pub private: bool,
     pub user_id: Option<String>,
@@ -96,27 +94,8 @@ impl Request {
     }
 }
 
-/// A field that is missing, mistyped or out of range.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataError {
-    pub field: &'static str,
-    pub message: String,
-}
-
-impl std::fmt::Display for DataError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.field, self.message)
-    }
-}
-
-impl DataError {
-    fn new(field: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field,
-            message: message.into(),
-        }
-    }
-}
+/// A field that is missing, mistyped or out of range (the message names it).
+pub type DataError = mangahub_model::ValidationError;
 
 /// Why a line was not a request; `id` is set whenever the line had one.
 #[derive(Debug)]
@@ -348,31 +327,21 @@ fn chapter(raw: Option<&RawValue>) -> Result<Chapter, DataError> {
     if raw.get().starts_with('"') {
         return Err(DataError::new("chapter", "must be a number, not a string"));
     }
-    raw.get()
-        .parse()
-        .map_err(|err: ChapterError| DataError::new("chapter", err.to_string()))
+    Ok(Chapter::from_json_number(raw.get())?)
 }
 
 fn page(raw: Option<&RawValue>) -> Result<i32, DataError> {
     match raw {
         None => Ok(0),
-        Some(raw) => int("page", raw, 0, MAX_PAGE)
+        Some(raw) => int("page", raw, 0, i64::from(MAX_PAGE))
             .and_then(|p| i32::try_from(p).map_err(|_| DataError::new("page", "out of range"))),
     }
 }
 
-fn status(raw: Option<&RawValue>) -> Result<Option<String>, DataError> {
-    let Some(status) = opt_string("status", raw)? else {
-        return Ok(None);
-    };
-    if STATUSES.contains(&status.as_str()) {
-        Ok(Some(status))
-    } else {
-        Err(DataError::new(
-            "status",
-            "must be one of reading, completed, on_hold, dropped, plan_to_read",
-        ))
-    }
+fn status(raw: Option<&RawValue>) -> Result<Option<Status>, DataError> {
+    opt_string("status", raw)?
+        .map(|status| status.parse::<Status>())
+        .transpose()
 }
 
 fn opt_bool(field: &'static str, raw: Option<&RawValue>) -> Result<bool, DataError> {
@@ -405,7 +374,7 @@ fn updated_since(
 fn limit(raw: Option<&RawValue>, default: u32) -> Result<u32, DataError> {
     match raw {
         None => Ok(default),
-        Some(raw) => int("limit", raw, 1, 1000)
+        Some(raw) => int("limit", raw, 1, i64::from(MAX_PAGE_SIZE))
             .and_then(|l| u32::try_from(l).map_err(|_| DataError::new("limit", "out of range"))),
     }
 }
@@ -417,7 +386,7 @@ fn cursor(raw: Option<&RawValue>) -> Result<Option<String>, DataError> {
 
 fn device(raw: Option<&RawValue>) -> Result<Option<Device>, DataError> {
     opt_string("device", raw)?
-        .map(|name| Device::parse(&name).map_err(|err| DataError::new("device", err.to_string())))
+        .map(|name| Device::parse(&name))
         .transpose()
 }
 

@@ -12,17 +12,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::convert;
+use super::status::invalid;
 use crate::changelog::{LogCursor, LogError, LogPage, LogQuery};
 use crate::domain::{ProgressKey, UpdateOutcome, ValidationError, validate_user_id};
 use crate::events::{ChangeEvent, EventBus, Subscription};
 use crate::store::{Cursor, DynStore, ListQuery, WriteMeta};
+use mangahub_model::limits::{
+    DEFAULT_LIST_LIMIT, DEFAULT_SYNC_LIMIT, MAX_BATCH_UPDATES, MAX_PAGE_SIZE,
+};
 
-const DEFAULT_PAGE_SIZE: u32 = 100;
-const MAX_PAGE_SIZE: u32 = 1000;
-/// Most updates one `UpdateProgressBatch` call may carry.
-const MAX_BATCH_UPDATES: usize = 1000;
-const DEFAULT_SYNC_LIMIT: usize = 500;
-const MAX_SYNC_LIMIT: usize = 1000;
 /// Changes one replay read takes.
 const REPLAY_PAGE: usize = 1000;
 /// Events queued per watch stream between the event bus and HTTP/2.
@@ -54,7 +52,7 @@ impl ProgressService for ProgressApi {
         request: Request<pb::UpdateProgressRequest>,
     ) -> Result<Response<pb::UpdateProgressResponse>, Status> {
         let req = request.into_inner();
-        let cmd = convert::update_command(&req)?;
+        let cmd = convert::update_command(&req).map_err(invalid)?;
         let meta = WriteMeta {
             origin: req.origin,
             private: req.private,
@@ -70,11 +68,10 @@ impl ProgressService for ProgressApi {
     ) -> Result<Response<pb::UpdateProgressBatchResponse>, Status> {
         let updates = request.into_inner().updates;
         if updates.len() > MAX_BATCH_UPDATES {
-            return Err(ValidationError::new(
+            return Err(invalid(ValidationError::new(
                 "updates",
                 format!("at most {MAX_BATCH_UPDATES} per call"),
-            )
-            .into());
+            )));
         }
         // Invalid updates are answered in place; the rest go to the store in order.
         let mut results: Vec<Option<pb::update_progress_result::Result>> = Vec::new();
@@ -89,7 +86,7 @@ impl ProgressService for ProgressApi {
                     cmds.push((cmd, meta));
                     results.push(None);
                 }
-                Err(err) => results.push(Some(batch_error(Status::from(err)))),
+                Err(err) => results.push(Some(batch_error(invalid(err)))),
             }
         }
         let mut outcomes = timed("update_batch", self.store.update_many(cmds))
@@ -118,7 +115,7 @@ impl ProgressService for ProgressApi {
         request: Request<pb::GetProgressRequest>,
     ) -> Result<Response<pb::Progress>, Status> {
         let req = request.into_inner();
-        let key = ProgressKey::new(req.user_id, req.manga_id)?;
+        let key = ProgressKey::new(req.user_id, req.manga_id).map_err(invalid)?;
         match timed("get", self.store.get(&key)).await? {
             Some(p) => Ok(Response::new(convert::progress(&p))),
             None => Err(not_found(&key)),
@@ -130,23 +127,27 @@ impl ProgressService for ProgressApi {
         request: Request<pb::ListProgressRequest>,
     ) -> Result<Response<pb::ListProgressResponse>, Status> {
         let req = request.into_inner();
-        validate_user_id(&req.user_id)?;
+        validate_user_id(&req.user_id).map_err(invalid)?;
         let page_size = match u32::try_from(req.page_size) {
-            Ok(0) => DEFAULT_PAGE_SIZE,
+            Ok(0) => DEFAULT_LIST_LIMIT,
             Ok(n) if n <= MAX_PAGE_SIZE => n,
             _ => {
-                return Err(ValidationError::new("page_size", "must be between 0 and 1000").into());
+                return Err(invalid(ValidationError::new(
+                    "page_size",
+                    format!("must be between 0 and {MAX_PAGE_SIZE}"),
+                )));
             }
         };
         let after = match req.page_token.as_str() {
             "" => None,
-            token => Some(Cursor::decode(token)?),
+            token => Some(Cursor::decode(token).map_err(invalid)?),
         };
         let updated_since = req
             .updated_since
             .as_ref()
             .map(|t| convert::from_timestamp("updated_since", t))
-            .transpose()?;
+            .transpose()
+            .map_err(invalid)?;
         let query = ListQuery {
             user_id: req.user_id,
             updated_since,
@@ -174,7 +175,7 @@ impl ProgressService for ProgressApi {
         request: Request<pb::DeleteProgressRequest>,
     ) -> Result<Response<pb::DeleteProgressResponse>, Status> {
         let req = request.into_inner();
-        let key = ProgressKey::new(req.user_id, req.manga_id)?;
+        let key = ProgressKey::new(req.user_id, req.manga_id).map_err(invalid)?;
         let meta = WriteMeta {
             origin: req.origin,
             private: false,
@@ -194,12 +195,15 @@ impl ProgressService for ProgressApi {
         request: Request<pb::SyncProgressRequest>,
     ) -> Result<Response<pb::SyncProgressResponse>, Status> {
         let req = request.into_inner();
-        validate_user_id(&req.user_id)?;
-        let limit = match usize::try_from(req.limit) {
-            Ok(0) => DEFAULT_SYNC_LIMIT,
-            Ok(n) if n <= MAX_SYNC_LIMIT => n,
+        validate_user_id(&req.user_id).map_err(invalid)?;
+        let limit = match u32::try_from(req.limit) {
+            Ok(0) => DEFAULT_SYNC_LIMIT as usize,
+            Ok(n) if n <= MAX_PAGE_SIZE => n as usize,
             _ => {
-                return Err(ValidationError::new("limit", "must be between 0 and 1000").into());
+                return Err(invalid(ValidationError::new(
+                    "limit",
+                    format!("must be between 0 and {MAX_PAGE_SIZE}"),
+                )));
             }
         };
         let epoch = self.store.epoch();
@@ -300,7 +304,7 @@ impl ProgressApi {
     /// A cursor given as `after`; one of another log (another database, or
     /// a wiped one) is expired.
     fn cursor_of(&self, text: &str) -> Result<LogCursor, Status> {
-        let cursor = LogCursor::decode("after", text)?;
+        let cursor = LogCursor::decode("after", text).map_err(invalid)?;
         if cursor.epoch != self.store.epoch() {
             return Err(LogError::Expired.into());
         }

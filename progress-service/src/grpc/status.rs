@@ -8,12 +8,12 @@ use crate::changelog::LogError;
 use crate::domain::ValidationError;
 use crate::store::StoreError;
 
-impl From<ValidationError> for Status {
-    fn from(err: ValidationError) -> Self {
-        let mut metadata = MetadataMap::new();
-        metadata.insert(INVALID_FIELD_TRAILER, MetadataValue::from_static(err.field));
-        Status::with_metadata(Code::InvalidArgument, err.to_string(), metadata)
-    }
+/// `INVALID_ARGUMENT` naming the field, in the message and in a trailer.
+/// (A function, not `From`: both types are other crates'.)
+pub fn invalid(err: ValidationError) -> Status {
+    let mut metadata = MetadataMap::new();
+    metadata.insert(INVALID_FIELD_TRAILER, MetadataValue::from_static(err.field));
+    Status::with_metadata(Code::InvalidArgument, err.to_string(), metadata)
 }
 
 impl From<StoreError> for Status {
