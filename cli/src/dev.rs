@@ -64,13 +64,11 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "--database-url".into(),
         format!("sqlite://{}", db.display()),
     ])?;
-    let progress = progress_service::Application::build(progress_config).await?;
+    let progress = progress_service::Application::build(progress_config)
+        .await?
+        .spawn();
     let progress_addr = progress.local_addr();
     let progress_admin = progress.admin_addr();
-    let (stop_progress, progress_stopped) = oneshot::channel::<()>();
-    let progress_task = tokio::spawn(progress.run_until(async {
-        let _ = progress_stopped.await;
-    }));
 
     let gateway_config = gateway::Config::try_parse_from([
         "gateway".to_owned(),
@@ -142,8 +140,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tracing::info!("stopping");
     let _ = stop_gateway.send(());
     gateway_task.await??;
-    let _ = stop_progress.send(());
-    progress_task.await??;
+    progress.stop().await?;
     tracing::info!("stopped");
     Ok(())
 }

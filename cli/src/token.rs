@@ -2,9 +2,6 @@
 
 use std::time::Duration;
 
-use jsonwebtoken::{EncodingKey, Header};
-use serde::Serialize;
-
 #[derive(Debug, clap::Args)]
 pub struct TokenArgs {
     /// The user the token speaks for (claims `user_id` and `sub`).
@@ -21,34 +18,18 @@ pub struct TokenArgs {
     pub jwt_secret: String,
 }
 
-#[derive(Serialize)]
-struct Claims<'a> {
-    sub: &'a str,
-    user_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    username: Option<&'a str>,
-    iat: i64,
-    exp: i64,
-}
-
+/// An HS256 token with the claims the gateway reads.
 pub fn mint(
     secret: &str,
     user: &str,
     username: Option<&str>,
     ttl: Duration,
 ) -> anyhow::Result<String> {
-    let now = chrono::Utc::now().timestamp();
-    let claims = Claims {
-        sub: user,
-        user_id: user,
+    Ok(gateway::auth::mint_hs256(
+        secret.as_bytes(),
+        user,
         username,
-        iat: now,
-        exp: now + i64::try_from(ttl.as_secs())?,
-    };
-    Ok(jsonwebtoken::encode(
-        &Header::default(),
-        &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        ttl,
     )?)
 }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use mangahub_model::{validate_user_id, validate_username};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 
@@ -78,6 +78,40 @@ struct Claims {
     /// Checked here: `Validation` has no `iat` option.
     #[serde(default)]
     iat: Option<serde_json::Value>,
+}
+
+/// The claims of a token this service accepts, as an issuer writes them.
+#[derive(Serialize)]
+struct IssuedClaims<'a> {
+    sub: &'a str,
+    user_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    username: Option<&'a str>,
+    iat: u64,
+    exp: u64,
+}
+
+/// An HS256 token for `user` valid for `ttl`, as the account service
+/// issues them (`mangahub token`, `mangahub dev` and the tests use this).
+pub fn mint_hs256(
+    secret: &[u8],
+    user: &str,
+    username: Option<&str>,
+    ttl: std::time::Duration,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = unix_now();
+    let claims = IssuedClaims {
+        sub: user,
+        user_id: user,
+        username,
+        iat: now,
+        exp: now.saturating_add(ttl.as_secs()),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
 }
 
 fn unix_now() -> u64 {

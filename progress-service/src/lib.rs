@@ -11,4 +11,4 @@ pub mod store;
 pub mod telemetry;
 
 pub use config::Config;
-pub use startup::{Application, shutdown_signal};
+pub use startup::{Application, Running, shutdown_signal};

@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use mangahub_proto::v1::progress_service_server::ProgressServiceServer;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
@@ -91,6 +93,23 @@ impl Application {
 
     pub fn store(&self) -> DynStore {
         self.store.clone()
+    }
+
+    /// Serves on a task of its own until [`Running::stop`]: how `mangahub
+    /// dev` and the tests run the service in-process.
+    pub fn spawn(self) -> Running {
+        let addr = self.local_addr();
+        let admin = self.admin_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(self.run_until(async {
+            let _ = stopped.await;
+        }));
+        Running {
+            addr,
+            admin,
+            stop: Some(stop),
+            task,
+        }
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -178,6 +197,33 @@ impl Application {
         store.close().await;
         tracing::info!("progress service stopped");
         Ok(())
+    }
+}
+
+/// A progress service serving on its own task. Dropping it shuts the
+/// service down too (without waiting for it).
+pub struct Running {
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Running {
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Shuts down gracefully (as on SIGTERM) and returns how serving ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.task).await?
     }
 }
 

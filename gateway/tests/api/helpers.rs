@@ -27,8 +27,7 @@ pub fn fixture(name: &str) -> PathBuf {
 
 pub struct Progress {
     pub addr: SocketAddr,
-    stop: oneshot::Sender<()>,
-    handle: JoinHandle<anyhow::Result<()>>,
+    running: progress_service::Running,
 }
 
 impl Progress {
@@ -58,21 +57,17 @@ impl Progress {
                 Err(err) => panic!("progress service did not start: {err:#}"),
             }
         };
-        let addr = app.local_addr();
-        let (stop, rx) = oneshot::channel::<()>();
-        let handle = tokio::spawn(app.run_until(async move {
-            let _ = rx.await;
-        }));
-        Progress { addr, stop, handle }
+        let running = app.spawn();
+        Progress {
+            addr: running.local_addr(),
+            running,
+        }
     }
 
     pub async fn stop(self) {
-        let _ = self.stop.send(());
-        let result = tokio::time::timeout(WAIT, self.handle)
+        tokio::time::timeout(WAIT, self.running.stop())
             .await
-            .expect("progress service stops in time");
-        result
-            .expect("progress service task")
+            .expect("progress service stops in time")
             .expect("progress service ran cleanly");
     }
 }
@@ -223,28 +218,19 @@ pub fn token(user: &str) -> String {
 }
 
 pub fn token_named(user: &str, username: &str) -> String {
-    sign(
-        &json!({"user_id": user, "username": username, "exp": now() + 3600}),
-        Algorithm::HS256,
-        &EncodingKey::from_secret(SECRET.as_bytes()),
+    gateway::auth::mint_hs256(
+        SECRET.as_bytes(),
+        user,
+        Some(username),
+        Duration::from_secs(3600),
     )
+    .expect("sign token")
 }
 
+/// For hand-made tokens (`alg: none`), which no JWT library writes.
 pub fn base64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..=chunk.len() {
-            out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
 pub struct Client {

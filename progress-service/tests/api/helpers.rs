@@ -9,9 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use mangahub_proto::v1 as pb;
 use mangahub_proto::v1::progress_service_client::ProgressServiceClient;
-use progress_service::{Application, Config};
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
+use progress_service::{Application, Config, Running};
 use tonic::transport::Channel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +52,7 @@ pub struct TestApp {
     /// Hybrid apps: the Redis they use (shared by replicas).
     pub redis: Option<Arc<testkit::PrivateRedis>>,
     extra_args: Vec<String>,
-    stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    running: Option<Running>,
     _dir: tempfile::TempDir,
 }
 
@@ -127,8 +124,7 @@ async fn spawn_on(
         database_url,
         redis,
         extra_args,
-        stop: None,
-        task: None,
+        running: None,
         _dir: dir,
     };
     app.start("127.0.0.1:0").await;
@@ -184,13 +180,12 @@ impl TestApp {
         ];
         args.extend(self.extra_args.iter().cloned());
         let config = Config::try_parse_from(args).expect("valid test config");
-        let app = Application::build(config).await.expect("app builds");
-        self.addr = app.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        self.task = Some(tokio::spawn(app.run_until(async {
-            let _ = stopped.await;
-        })));
-        self.stop = Some(stop);
+        let running = Application::build(config)
+            .await
+            .expect("app builds")
+            .spawn();
+        self.addr = running.local_addr();
+        self.running = Some(running);
         let channel = Channel::from_shared(format!("http://{}", self.addr))
             .expect("uri")
             .connect()
@@ -201,11 +196,8 @@ impl TestApp {
 
     /// Graceful shutdown; returns the server's result.
     pub async fn stop(&mut self) -> anyhow::Result<()> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        match self.task.take() {
-            Some(task) => task.await?,
+        match self.running.take() {
+            Some(running) => running.stop().await,
             None => Ok(()),
         }
     }
@@ -282,14 +274,6 @@ pub async fn delete_on(
         })
         .await
         .map(|r| r.into_inner().cursor)
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-    }
 }
 
 pub fn update_req(user: &str, manga: i64, chapter: &str) -> pb::UpdateProgressRequest {
