@@ -19,30 +19,18 @@ use tokio_util::sync::CancellationToken;
 
 use super::group_commit::{Committed, GroupCommit, Loaded, SqlBatch, Stamp, Writes};
 use super::row_cache::RowCache;
-use super::rows::{LogRow, ProgressRow, into_events, into_records};
+use super::rows::{
+    LogRow, ProgressRow, RecordArrays, into_events, into_records, pg_from_micros,
+    pg_progress_columns,
+};
 use super::{ListQuery, ProgressStore, StoreConfig, StoreError, WriteMeta};
 use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome};
 use crate::events::{Change, ChangeEvent, EventBus};
 
-/// Reads map NUMERIC(10,2) and TIMESTAMPTZ to exact integers, never floats.
 macro_rules! select_rows {
     () => {
-        "SELECT user_id, manga_id,
-           (current_chapter * 100)::int8 AS chapter_hundredths, page, status, version,
-           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, device
-           FROM user_progress"
-    };
-}
-
-/// Rebuilds a TIMESTAMPTZ from unix microseconds without a float.
-macro_rules! from_micros {
-    ($e:literal) => {
-        concat!(
-            "(TIMESTAMPTZ 'epoch' + ",
-            $e,
-            " * INTERVAL '1 microsecond')"
-        )
+        concat!("SELECT ", pg_progress_columns!(), " FROM user_progress")
     };
 }
 
@@ -419,10 +407,10 @@ pub(crate) async fn list_rows(
         select_rows!(),
         " WHERE user_id = $1
                AND ($2::int8 IS NULL OR updated_at > ",
-        from_micros!("$2::int8"),
+        pg_from_micros!("$2::int8"),
         ")
                AND ($3::int8 IS NULL OR (updated_at, manga_id) > (",
-        from_micros!("$3::int8"),
+        pg_from_micros!("$3::int8"),
         ", $4::int8))
              ORDER BY updated_at, manga_id
              LIMIT $5"
@@ -505,17 +493,10 @@ impl ProgressStore for PostgresStore {
 /// the position offset of the row's last change.
 #[derive(Default)]
 struct WriteArrays {
-    user_ids: Vec<String>,
-    manga_ids: Vec<i64>,
-    chapters: Vec<i64>,
-    pages: Vec<i32>,
-    statuses: Vec<&'static str>,
-    versions: Vec<i64>,
-    updated_at_us: Vec<i64>,
+    records: RecordArrays,
     guards: Vec<i64>,
     ops: Vec<i16>,
     positions: Vec<i32>,
-    devices: Vec<Option<String>>,
     origins: Vec<String>,
     privates: Vec<bool>,
     log: LogArrays,
@@ -570,20 +551,10 @@ impl WriteArrays {
         op: i16,
         stamp: &Stamp,
     ) {
-        self.user_ids.push(key.user_id.clone());
-        self.manga_ids.push(key.manga_id);
-        self.chapters
-            .push(row.map_or(0, |p| p.chapter.hundredths()));
-        self.pages.push(row.map_or(0, |p| p.page));
-        self.statuses
-            .push(row.map_or("reading", |p| p.status.as_str()));
-        self.versions.push(row.map_or(0, |p| p.version));
-        self.updated_at_us
-            .push(row.map_or(0, |p| p.updated_at.timestamp_micros()));
+        self.records.push(key, row);
         self.guards.push(guard);
         self.ops.push(op);
         self.positions.push(stamp.offset);
-        self.devices.push(row.and_then(|p| p.device.clone()));
         self.origins.push(stamp.meta.origin.clone());
         self.privates.push(stamp.meta.private);
     }
@@ -687,17 +658,17 @@ impl SqlBatch for PgBatch {
         }
         let a = WriteArrays::from_writes(&writes);
         let result: Result<(i64,), sqlx::Error> = sqlx::query_as(WRITE_BATCH)
-            .bind(&a.user_ids)
-            .bind(&a.manga_ids)
-            .bind(&a.chapters)
-            .bind(&a.pages)
-            .bind(&a.statuses)
-            .bind(&a.versions)
-            .bind(&a.updated_at_us)
+            .bind(&a.records.user_ids)
+            .bind(&a.records.manga_ids)
+            .bind(&a.records.chapters)
+            .bind(&a.records.pages)
+            .bind(&a.records.statuses)
+            .bind(&a.records.versions)
+            .bind(&a.records.updated_at_us)
             .bind(&a.guards)
             .bind(&a.ops)
             .bind(&a.positions)
-            .bind(&a.devices)
+            .bind(&a.records.devices)
             .bind(&a.origins)
             .bind(&a.privates)
             .bind(writes.positions)

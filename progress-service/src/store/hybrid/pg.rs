@@ -7,9 +7,9 @@
 
 use sqlx::postgres::PgPool;
 
-use super::super::rows::ProgressRow;
 use crate::domain::{Progress, ProgressKey};
 use crate::store::StoreError;
+use crate::store::rows::{ProgressRow, RecordArrays, pg_from_micros, pg_progress_columns};
 
 /// Serialises batch transactions of all replicas: the tombstone check of one
 /// batch must see the deletes of another that committed just before it.
@@ -26,12 +26,11 @@ pub async fn get_with_seq(
     pool: &PgPool,
     key: &ProgressKey,
 ) -> Result<Option<(Progress, i64)>, StoreError> {
-    let row: Option<RowWithSeq> = sqlx::query_as(
-        "SELECT user_id, manga_id,
-           (current_chapter * 100)::int8 AS chapter_hundredths, page, status, version,
-           (EXTRACT(EPOCH FROM updated_at) * 1000000)::int8 AS updated_at_us, device, change_seq
-           FROM user_progress WHERE user_id = $1 AND manga_id = $2",
-    )
+    let row: Option<RowWithSeq> = sqlx::query_as(concat!(
+        "SELECT ",
+        pg_progress_columns!(),
+        ", change_seq FROM user_progress WHERE user_id = $1 AND manga_id = $2"
+    ))
     .bind(&key.user_id)
     .bind(key.manga_id)
     .fetch_optional(pool)
@@ -97,37 +96,19 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<(), StoreError>
         .await?;
     }
     if !batch.upserts.is_empty() {
-        let n = batch.upserts.len();
-        let (mut users, mut mangas, mut chapters, mut pages) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut statuses, mut versions, mut times, mut seqs) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let mut devices = Vec::with_capacity(n);
+        let mut rows = RecordArrays::with_capacity(batch.upserts.len());
+        let mut seqs = Vec::with_capacity(batch.upserts.len());
         for (p, seq) in &batch.upserts {
-            users.push(p.key.user_id.as_str());
-            mangas.push(p.key.manga_id);
-            chapters.push(p.chapter.hundredths());
-            pages.push(p.page);
-            statuses.push(p.status.as_str());
-            versions.push(p.version);
-            times.push(p.updated_at.timestamp_micros());
+            rows.push(&p.key, Some(p));
             seqs.push(*seq);
-            devices.push(p.device.as_deref());
         }
-        sqlx::query(
+        sqlx::query(concat!(
             "INSERT INTO user_progress
                (user_id, manga_id, current_chapter, page, status, version, updated_at, change_seq,
                 device)
-             SELECT u, m, c::numeric / 100, p, s, v,
-                    TIMESTAMPTZ 'epoch' + t * INTERVAL '1 microsecond', q, dev
+             SELECT u, m, c::numeric / 100, p, s, v, ",
+            pg_from_micros!("t"),
+            ", q, dev
                FROM UNNEST($1::text[], $2::int8[], $3::int8[], $4::int4[], $5::text[],
                            $6::int8[], $7::int8[], $8::int8[], $9::text[])
                  AS x(u, m, c, p, s, v, t, q, dev)
@@ -139,17 +120,17 @@ pub async fn write_batch(pool: &PgPool, batch: &Batch) -> Result<(), StoreError>
                    status = EXCLUDED.status, version = EXCLUDED.version,
                    updated_at = EXCLUDED.updated_at, change_seq = EXCLUDED.change_seq,
                    device = EXCLUDED.device
-               WHERE user_progress.change_seq < EXCLUDED.change_seq",
-        )
-        .bind(&users)
-        .bind(&mangas)
-        .bind(&chapters)
-        .bind(&pages)
-        .bind(&statuses)
-        .bind(&versions)
-        .bind(&times)
+               WHERE user_progress.change_seq < EXCLUDED.change_seq"
+        ))
+        .bind(&rows.user_ids)
+        .bind(&rows.manga_ids)
+        .bind(&rows.chapters)
+        .bind(&rows.pages)
+        .bind(&rows.statuses)
+        .bind(&rows.versions)
+        .bind(&rows.updated_at_us)
         .bind(&seqs)
-        .bind(&devices)
+        .bind(&rows.devices)
         .execute(&mut *tx)
         .await?;
     }
