@@ -23,7 +23,7 @@ use tracing::Instrument;
 
 use crate::auth::{Authenticator, Identity};
 use crate::fanout::{Conn, Flushers, Limiter, Outbound};
-use crate::handlers::{self, Backend, Reply, Session};
+use crate::handlers::{self, Context, Reply, Session};
 use crate::protocol::{
     Device, ErrorCode, ErrorReply, Request, ServerMessage, SystemCode, parse_line,
 };
@@ -31,7 +31,7 @@ use lines::{Frame, LineReader, ReadSource};
 
 /// What every connection shares.
 pub struct Shared {
-    pub backend: Backend,
+    pub context: Context,
     pub auth: Authenticator,
     pub tasks: TaskTracker,
     pub auth_timeout: Duration,
@@ -95,7 +95,7 @@ fn serve_in_span<R: ReadSource>(
         // Used in place (by reference), so the session is stored once.
         if let Some((session, user_limiter)) = &mut opened {
             request_loop(&shared, &mut lines, session, user_limiter).await;
-            shared.backend.fanout.registry.leave(
+            shared.context.fanout.leave(
                 &session.identity.user_id,
                 out.id(),
                 &session.subscriptions,
@@ -125,7 +125,7 @@ fn open_session(shared: &Shared, out: &Conn, auth: Authenticated) -> (Session, A
         id,
     } = auth;
     tracing::Span::current().record("user_id", &*identity.user_id);
-    let user_limiter = shared.backend.fanout.registry.join(&identity, out);
+    let user_limiter = shared.context.fanout.join(&identity, out);
     send(
         out,
         &Reply::new(&ServerMessage::AuthResponse {
@@ -347,13 +347,13 @@ async fn next_request<R: ReadSource>(
                 Some(frame) => {
                     let first = handlers::Pipelined::Update { id, cmd };
                     let (run, then) = gather(lines, limits, first, frame);
-                    let handling = handlers::updates(&shared.backend, session, run);
+                    let handling = handlers::updates(&shared.context, session, run);
                     (answer(shared, &out, handling).await, then)
                 }
                 None => {
                     let request = Request::ProgressUpdate(cmd);
                     let handling =
-                        handlers::handle(&shared.backend, session, id.as_deref(), request);
+                        handlers::handle(&shared.context, session, id.as_deref(), request);
                     (
                         answer(shared, &out, async { Some(handling.await) }).await,
                         None,
@@ -361,7 +361,7 @@ async fn next_request<R: ReadSource>(
                 }
             },
             request => {
-                let handling = handlers::handle(&shared.backend, session, id.as_deref(), request);
+                let handling = handlers::handle(&shared.context, session, id.as_deref(), request);
                 (
                     answer(shared, &out, async { Some(handling.await) }).await,
                     None,
@@ -449,7 +449,7 @@ pub async fn sweep_idle(shared: Arc<Shared>, stop: CancellationToken) {
             _ = tick.tick() => {}
         }
         let now = crate::fanout::outbound::clock_ms();
-        shared.backend.fanout.registry.for_each_connection(|conn| {
+        shared.context.fanout.for_each_connection(|conn| {
             if conn.idle_ms(now) >= limit {
                 conn.expire();
             }

@@ -4,25 +4,27 @@
 //! Nothing here awaits: a recipient that cannot keep up is dropped, never
 //! waited for.
 
-pub mod flusher;
 pub mod outbound;
-pub mod registry;
+mod registry;
 pub mod watch;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use mangahub_proto::v1 as pb;
 
-pub use flusher::Flushers;
-pub use outbound::{BoxWriter, Outbound};
-pub use registry::{Conn, Limiter, Registry};
+pub use outbound::flusher::Flushers;
+pub use outbound::{BoxWriter, Conn, Outbound};
+pub use registry::{Limiter, quota};
 
-use crate::protocol::{MangaRef, Record, ServerMessage, SystemCode, cursor};
+use crate::auth::Identity;
+use crate::protocol::{Channel, MangaRef, Record, ServerMessage, SystemCode, cursor};
+use registry::{Audience, Registry};
 
 pub struct Fanout {
-    pub registry: Registry,
+    registry: Registry,
     /// Prefix of this gateway's `origin` tags: unique per process, so that
     /// events caused by another gateway are never mistaken for ours.
     origin_prefix: String,
@@ -30,12 +32,36 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub fn new(registry: Registry) -> Self {
+    /// `user_quota`: the rate limit shared by all connections of a user.
+    pub fn new(user_quota: governor::Quota) -> Self {
         Self {
-            registry,
+            registry: Registry::new(user_quota),
             origin_prefix: format!("gw-{:016x}-", rand::random::<u64>()),
             event_seq: AtomicU64::new(0),
         }
+    }
+
+    /// Adds an authenticated connection; returns the user's shared limiter.
+    pub fn join(&self, identity: &Identity, conn: &Conn) -> Arc<Limiter> {
+        self.registry.join(identity, conn)
+    }
+
+    /// Removes a connection and its subscriptions.
+    pub fn leave(&self, user_id: &str, conn_id: u64, subscriptions: &[Channel]) {
+        self.registry.leave(user_id, conn_id, subscriptions);
+    }
+
+    pub fn subscribe(&self, channel: Channel, conn: &Conn) {
+        self.registry.subscribe(channel, conn);
+    }
+
+    pub fn unsubscribe(&self, channel: Channel, conn_id: u64) {
+        self.registry.unsubscribe(channel, conn_id);
+    }
+
+    /// Every authenticated connection.
+    pub fn for_each_connection(&self, f: impl FnMut(&Conn)) {
+        self.registry.for_each_connection(f);
     }
 
     /// The `origin` this gateway puts on calls made for `conn_id`.
@@ -57,7 +83,8 @@ impl Fanout {
 
     /// Delivers one event: to the user's other connections (`user`) and,
     /// unless private, to `manga:<id>` and `global` subscribers; each
-    /// connection at most once, the originating one never.
+    /// connection at most once, the originating one never. Each label's
+    /// line is serialized once, when its first recipient needs it.
     pub fn deliver(&self, event: &pb::ProgressEvent) {
         let started = Instant::now();
         let Some(progress) = &event.progress else {
@@ -66,17 +93,18 @@ impl Fanout {
         let seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let origin = self.origin_conn(&event.origin);
         let cursor = cursor(&event.cursor);
+        let mut lines: [Option<Bytes>; 3] = Default::default();
         let mut counts = [0u64; 3];
-        let mut send =
-            |conn: &Conn, line: &mut Option<Bytes>, make: &dyn Fn() -> Bytes, slot: usize| {
-                if Some(conn.id()) == origin || !conn.first_delivery(seq) {
-                    return;
-                }
-                let line = line.get_or_insert_with(make).clone();
-                if conn.push(line) {
-                    counts[slot] += 1;
-                }
-            };
+        let mut send = |audience: Audience, conn: &Conn, make: &dyn Fn(Audience) -> Bytes| {
+            if Some(conn.id()) == origin || !conn.first_delivery(seq) {
+                return;
+            }
+            let at = audience.index();
+            let line = lines[at].get_or_insert_with(|| make(audience)).clone();
+            if conn.push(line) {
+                counts[at] += 1;
+            }
+        };
 
         match pb::EventKind::try_from(event.kind) {
             Ok(pb::EventKind::Updated) => {
@@ -85,65 +113,59 @@ impl Fanout {
                     return;
                 };
                 let timestamp = chrono::Utc::now().timestamp();
-                let user = self.registry.users.get(progress.user_id.as_str());
-                record.username = user
-                    .as_ref()
-                    .and_then(|u| u.username.as_deref())
-                    .map(str::to_owned);
-                let make = |channel: &str| {
+                record.username = self
+                    .registry
+                    .username(&progress.user_id)
+                    .map(|name| name.to_string());
+                let make = |audience: Audience| {
+                    let label = match audience {
+                        Audience::User => "user".to_owned(),
+                        Audience::Manga => format!("manga:{}", progress.manga_id),
+                        Audience::Global => "global".to_owned(),
+                    };
                     ServerMessage::ProgressBroadcast {
-                        channel,
+                        channel: &label,
                         cursor,
                         data: &record,
                         timestamp,
                     }
                     .to_line()
                 };
-                if let Some(user) = user {
-                    let mut line = None;
-                    for conn in &user.conns {
-                        send(conn, &mut line, &|| make("user"), 0);
-                    }
-                }
-                if !event.private {
-                    if let Some(subs) = self.registry.mangas.get(&progress.manga_id) {
-                        let label = format!("manga:{}", progress.manga_id);
-                        let mut line = None;
-                        for conn in subs.values() {
-                            send(conn, &mut line, &|| make(&label), 1);
-                        }
-                    }
-                    let mut line = None;
-                    for conn in &self.registry.global {
-                        send(conn.value(), &mut line, &|| make("global"), 2);
-                    }
-                }
+                self.registry.recipients(
+                    &progress.user_id,
+                    progress.manga_id,
+                    event.private,
+                    |audience, conn| send(audience, conn, &make),
+                );
             }
             Ok(pb::EventKind::Deleted) => {
-                if let Some(user) = self.registry.users.get(progress.user_id.as_str()) {
-                    let make = || {
-                        ServerMessage::ProgressDeleted {
-                            id: None,
-                            channel: Some("user"),
-                            cursor,
-                            data: MangaRef {
-                                manga_id: progress.manga_id,
-                            },
-                        }
-                        .to_line()
-                    };
-                    let mut line = None;
-                    for conn in &user.conns {
-                        send(conn, &mut line, &make, 0);
+                let make = |_: Audience| {
+                    ServerMessage::ProgressDeleted {
+                        id: None,
+                        channel: Some("user"),
+                        cursor,
+                        data: MangaRef {
+                            manga_id: progress.manga_id,
+                        },
                     }
-                }
+                    .to_line()
+                };
+                // Deletes go to the user's own connections only.
+                self.registry.recipients(
+                    &progress.user_id,
+                    progress.manga_id,
+                    true,
+                    |audience, conn| {
+                        send(audience, conn, &make);
+                    },
+                );
             }
             _ => return,
         }
 
-        for (label, count) in ["user", "manga", "global"].into_iter().zip(counts) {
+        for (audience, count) in Audience::ALL.into_iter().zip(counts) {
             if count > 0 {
-                metrics::counter!("gateway_fanout_deliveries_total", "channel" => label)
+                metrics::counter!("gateway_fanout_deliveries_total", "channel" => audience.label())
                     .increment(count);
             }
         }

@@ -20,8 +20,9 @@ use crate::protocol::{
     RecordList, Request, ServerMessage, SyncData, SyncQuery, UpdateCommand, cursor,
 };
 
-/// What every connection's handlers share.
-pub struct Backend {
+/// What the handlers of every connection share: the progress-service
+/// replicas, the fan-out, and the limits they apply.
+pub struct Context {
     pub replicas: Arc<Replicas>,
     pub fanout: Arc<Fanout>,
     pub grpc_timeout: Duration,
@@ -57,25 +58,22 @@ impl Reply {
 }
 
 pub async fn handle(
-    backend: &Backend,
+    ctx: &Context,
     session: &mut Session,
     id: Option<&RawValue>,
     request: Request,
 ) -> Reply {
     let result = match request {
-        Request::ProgressUpdate(cmd) => update(backend, session, id, cmd).await,
-        Request::GetProgress { manga_id } => get(backend, session, id, manga_id).await,
-        Request::ListProgress(query) => list(backend, session, id, query).await,
-        Request::DeleteProgress { manga_id } => delete(backend, session, id, manga_id).await,
-        Request::Sync(query) => sync(backend, session, id, query).await,
-        Request::Subscribe(channel) => subscribe(backend, session, id, channel),
+        Request::ProgressUpdate(cmd) => update(ctx, session, id, cmd).await,
+        Request::GetProgress { manga_id } => get(ctx, session, id, manga_id).await,
+        Request::ListProgress(query) => list(ctx, session, id, query).await,
+        Request::DeleteProgress { manga_id } => delete(ctx, session, id, manga_id).await,
+        Request::Sync(query) => sync(ctx, session, id, query).await,
+        Request::Subscribe(channel) => subscribe(ctx, session, id, channel),
         Request::Unsubscribe(channel) => {
             if let Some(pos) = session.subscriptions.iter().position(|c| *c == channel) {
                 session.subscriptions.swap_remove(pos);
-                backend
-                    .fanout
-                    .registry
-                    .unsubscribe(channel, session.conn.id());
+                ctx.fanout.unsubscribe(channel, session.conn.id());
             }
             Ok(Reply::new(&ServerMessage::Unsubscribed {
                 id,
@@ -94,20 +92,13 @@ pub async fn handle(
 }
 
 async fn update(
-    backend: &Backend,
+    ctx: &Context,
     session: &Session,
     id: Option<&RawValue>,
     cmd: UpdateCommand,
 ) -> Result<Reply, ErrorReply> {
-    let request = update_request(backend, session, cmd)?;
-    let response = call(
-        backend,
-        UPDATE_PROGRESS,
-        Retry::NotSent,
-        request,
-        update_one,
-    )
-    .await?;
+    let request = update_request(ctx, session, cmd)?;
+    let response = call(ctx, UPDATE_PROGRESS, Retry::NotSent, request, update_one).await?;
     ack(id, &response)
 }
 
@@ -125,13 +116,13 @@ pub enum Pipelined {
 /// updates go to the progress service as one `UpdateProgressBatch` call, which
 /// applies them in order (so one record's updates keep their order) and lets
 /// them share commits.
-pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) -> Vec<Reply> {
+pub async fn updates(ctx: &Context, session: &Session, run: Vec<Pipelined>) -> Vec<Reply> {
     let mut replies: Vec<Option<Reply>> = Vec::with_capacity(run.len());
     let (mut slots, mut requests) = (Vec::new(), Vec::new());
     for line in run {
         match line {
             Pipelined::Answered(reply) => replies.push(Some(reply)),
-            Pipelined::Update { id, cmd } => match update_request(backend, session, cmd) {
+            Pipelined::Update { id, cmd } => match update_request(ctx, session, cmd) {
                 Ok(request) => {
                     slots.push((replies.len(), id));
                     requests.push(request);
@@ -147,7 +138,7 @@ pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) 
             client.update_progress_batch(batch).await
         };
         match call(
-            backend,
+            ctx,
             "UpdateProgressBatch",
             Retry::NotSent,
             batch,
@@ -162,16 +153,7 @@ pub async fn updates(backend: &Backend, session: &Session, run: Vec<Pipelined>) 
             Err(err) => vec![Err(err); slots.len()],
         }
     } else if let Some(request) = requests.pop() {
-        vec![
-            call(
-                backend,
-                UPDATE_PROGRESS,
-                Retry::NotSent,
-                request,
-                update_one,
-            )
-            .await,
-        ]
+        vec![call(ctx, UPDATE_PROGRESS, Retry::NotSent, request, update_one).await]
     } else {
         Vec::new()
     };
@@ -201,7 +183,7 @@ fn batch_result(
 
 /// The progress-service request for a `progress_update` of this session.
 fn update_request(
-    backend: &Backend,
+    ctx: &Context,
     session: &Session,
     cmd: UpdateCommand,
 ) -> Result<pb::UpdateProgressRequest, ErrorReply> {
@@ -220,7 +202,7 @@ fn update_request(
         status: cmd.status.map(|s| s.as_str().to_owned()),
         force: cmd.force,
         private: cmd.private,
-        origin: backend.fanout.origin(session.conn.id()),
+        origin: ctx.fanout.origin(session.conn.id()),
         device: session.device.as_ref().map(|d| d.as_str().to_owned()),
     })
 }
@@ -235,7 +217,7 @@ fn ack(id: Option<&RawValue>, response: &pb::UpdateProgressResponse) -> Result<R
 }
 
 async fn get(
-    backend: &Backend,
+    ctx: &Context,
     session: &Session,
     id: Option<&RawValue>,
     manga_id: i64,
@@ -246,7 +228,7 @@ async fn get(
     };
     let get =
         |mut client: backend::Client, request| async move { client.get_progress(request).await };
-    let progress = call(backend, "GetProgress", Retry::Idempotent, request, get).await?;
+    let progress = call(ctx, "GetProgress", Retry::Idempotent, request, get).await?;
     Ok(Reply::new(&ServerMessage::Progress {
         id,
         data: record(Some(&progress))?,
@@ -254,7 +236,7 @@ async fn get(
 }
 
 async fn list(
-    backend: &Backend,
+    ctx: &Context,
     session: &Session,
     id: Option<&RawValue>,
     query: ListQuery,
@@ -270,7 +252,7 @@ async fn list(
     };
     let list =
         |mut client: backend::Client, request| async move { client.list_progress(request).await };
-    let response = call(backend, "ListProgress", Retry::Idempotent, request, list).await?;
+    let response = call(ctx, "ListProgress", Retry::Idempotent, request, list).await?;
     let items = response
         .items
         .iter()
@@ -284,7 +266,7 @@ async fn list(
 }
 
 async fn delete(
-    backend: &Backend,
+    ctx: &Context,
     session: &Session,
     id: Option<&RawValue>,
     manga_id: i64,
@@ -292,11 +274,11 @@ async fn delete(
     let request = pb::DeleteProgressRequest {
         user_id: session.identity.user_id.to_string(),
         manga_id,
-        origin: backend.fanout.origin(session.conn.id()),
+        origin: ctx.fanout.origin(session.conn.id()),
     };
     let delete =
         |mut client: backend::Client, request| async move { client.delete_progress(request).await };
-    let response = call(backend, "DeleteProgress", Retry::NotSent, request, delete).await?;
+    let response = call(ctx, "DeleteProgress", Retry::NotSent, request, delete).await?;
     Ok(Reply::new(&ServerMessage::ProgressDeleted {
         id,
         channel: None,
@@ -306,7 +288,7 @@ async fn delete(
 }
 
 async fn sync(
-    backend: &Backend,
+    ctx: &Context,
     session: &Session,
     id: Option<&RawValue>,
     query: SyncQuery,
@@ -318,7 +300,7 @@ async fn sync(
     };
     let sync =
         |mut client: backend::Client, request| async move { client.sync_progress(request).await };
-    let response = call(backend, SYNC_PROGRESS, Retry::Idempotent, request, sync).await?;
+    let response = call(ctx, SYNC_PROGRESS, Retry::Idempotent, request, sync).await?;
     let changes = response
         .changes
         .iter()
@@ -353,22 +335,22 @@ fn change(event: &pb::ProgressEvent) -> Result<Change, ErrorReply> {
 }
 
 fn subscribe(
-    backend: &Backend,
+    ctx: &Context,
     session: &mut Session,
     id: Option<&RawValue>,
     channel: Channel,
 ) -> Result<Reply, ErrorReply> {
     if !session.subscriptions.contains(&channel) {
-        if session.subscriptions.len() >= backend.max_subscriptions {
+        if session.subscriptions.len() >= ctx.max_subscriptions {
             return Err(ErrorReply::new(
                 ErrorCode::TooManySubscriptions,
                 format!(
                     "at most {} subscriptions per connection",
-                    backend.max_subscriptions
+                    ctx.max_subscriptions
                 ),
             ));
         }
-        backend.fanout.registry.subscribe(channel, &session.conn);
+        ctx.fanout.subscribe(channel, &session.conn);
         session.subscriptions.push(channel);
     }
     Ok(Reply::new(&ServerMessage::Subscribed {
@@ -400,7 +382,7 @@ async fn update_one(
 /// One call on a healthy replica (retried on another as `retry` allows),
 /// within the gRPC deadline, timed, and its failure mapped to a reply.
 async fn call<Req, T, F, Fut>(
-    backend: &Backend,
+    ctx: &Context,
     method: &'static str,
     retry: Retry,
     request: Req,
@@ -412,8 +394,8 @@ where
     Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     let started = Instant::now();
-    let calling = backend.replicas.call(method, retry, request, call);
-    let result = tokio::time::timeout(backend.grpc_timeout, calling).await;
+    let calling = ctx.replicas.call(method, retry, request, call);
+    let result = tokio::time::timeout(ctx.grpc_timeout, calling).await;
     let (code, result) = match result {
         Ok(Ok(response)) => ("OK", Ok(response)),
         Ok(Err(status)) => (

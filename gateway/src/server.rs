@@ -23,10 +23,9 @@ use crate::auth::Authenticator;
 use crate::backend::{HealthSettings, Replicas};
 use crate::config::Config;
 use crate::connection::{self, Shared};
-use crate::fanout::registry::{Registry, quota};
 use crate::fanout::watch::{self as event_stream, WatchSettings};
-use crate::fanout::{Fanout, Flushers};
-use crate::handlers::Backend;
+use crate::fanout::{Fanout, Flushers, quota};
+use crate::handlers;
 
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -71,9 +70,9 @@ impl Gateway {
         };
         let replicas = Arc::new(Replicas::new(&config)?);
         let (user_rate, user_burst) = config.user_rate();
-        let fanout = Arc::new(Fanout::new(Registry::new(quota(user_rate, user_burst))));
+        let fanout = Arc::new(Fanout::new(quota(user_rate, user_burst)));
         let shared = Arc::new(Shared {
-            backend: Backend {
+            context: handlers::Context {
                 replicas: replicas.clone(),
                 fanout,
                 grpc_timeout: config.grpc_timeout,
@@ -171,7 +170,7 @@ impl Gateway {
         tokio::spawn(connection::sweep_idle(shared.clone(), stop.clone()));
         let health_tasks = replicas.monitor(health_settings, &stop);
         let stream_task = tokio::spawn(event_stream::run(
-            shared.backend.fanout.clone(),
+            shared.context.fanout.clone(),
             replicas,
             watch_settings,
             ready_tx,

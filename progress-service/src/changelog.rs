@@ -7,8 +7,8 @@
 //! How each store assigns and reads positions is in `docs/storage.md`.
 
 use crate::domain::ValidationError;
+use crate::error::StoreError;
 use crate::events::ChangeEvent;
-use crate::store::StoreError;
 
 /// A reader's place in the log: changes after `position` of log `epoch`.
 ///

@@ -4,6 +4,7 @@
 pub mod changelog;
 pub mod config;
 pub mod domain;
+pub mod error;
 pub mod events;
 pub mod grpc;
 pub mod startup;

@@ -15,6 +15,8 @@
 //! what is still queued is dropped, `SLOW_CONSUMER` is queued instead, and the
 //! connection is told to stop. `finish` gives it a short grace to deliver it.
 
+pub mod flusher;
+
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -29,8 +31,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::flusher::Flushers;
 use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
+use flusher::Flushers;
 
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -38,6 +40,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 const MAX_SLICES: usize = 64;
 
 pub type BoxWriter = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// A connection as the rest of the gateway holds it: its outbound queue.
+pub type Conn = Arc<Outbound>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

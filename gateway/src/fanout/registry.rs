@@ -10,24 +10,48 @@ use std::sync::Arc;
 use dashmap::DashMap;
 use governor::{DefaultDirectRateLimiter, Quota};
 
-use super::outbound::Outbound;
+use super::outbound::Conn;
 use crate::auth::Identity;
 use crate::protocol::Channel;
 
-pub type Conn = Arc<Outbound>;
 pub type Limiter = DefaultDirectRateLimiter;
 
-pub(super) struct UserEntry {
-    pub(super) username: Option<Arc<str>>,
-    pub(super) conns: Vec<Conn>,
+struct UserEntry {
+    username: Option<Arc<str>>,
+    conns: Vec<Conn>,
     limiter: Arc<Limiter>,
 }
 
 pub struct Registry {
-    pub(super) users: DashMap<Arc<str>, UserEntry>,
-    pub(super) mangas: DashMap<i64, HashMap<u64, Conn>>,
-    pub(super) global: DashMap<u64, Conn>,
+    users: DashMap<Arc<str>, UserEntry>,
+    mangas: DashMap<i64, HashMap<u64, Conn>>,
+    global: DashMap<u64, Conn>,
     user_quota: Quota,
+}
+
+/// Why a connection receives an event: its label's channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    User,
+    Manga,
+    Global,
+}
+
+impl Audience {
+    pub const ALL: [Audience; 3] = [Audience::User, Audience::Manga, Audience::Global];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Audience::User => "user",
+            Audience::Manga => "manga",
+            Audience::Global => "global",
+        }
+    }
 }
 
 pub fn quota(per_sec: u32, burst: u32) -> Quota {
@@ -108,6 +132,40 @@ impl Registry {
             for conn in &entry.conns {
                 f(conn);
             }
+        }
+    }
+
+    /// The name last seen in a token of `user_id`, while it is connected.
+    pub fn username(&self, user_id: &str) -> Option<Arc<str>> {
+        self.users.get(user_id)?.username.clone()
+    }
+
+    /// Visits the recipients of a change of `user_id`'s `manga_id` in the
+    /// order of the labels a connection gets: the user's connections, then
+    /// (unless `private`) `manga:<id>` and `global` subscribers. A connection
+    /// may come more than once; the caller delivers it once.
+    pub fn recipients(
+        &self,
+        user_id: &str,
+        manga_id: i64,
+        private: bool,
+        mut visit: impl FnMut(Audience, &Conn),
+    ) {
+        if let Some(user) = self.users.get(user_id) {
+            for conn in &user.conns {
+                visit(Audience::User, conn);
+            }
+        }
+        if private {
+            return;
+        }
+        if let Some(subs) = self.mangas.get(&manga_id) {
+            for conn in subs.values() {
+                visit(Audience::Manga, conn);
+            }
+        }
+        for entry in &self.global {
+            visit(Audience::Global, entry.value());
         }
     }
 }

@@ -16,41 +16,11 @@ use chrono::{DateTime, Utc};
 
 use crate::changelog::{LogError, LogPage, LogQuery};
 use crate::domain::{Progress, ProgressKey, UpdateCommand, UpdateOutcome, ValidationError};
+pub use crate::error::StoreError;
 use crate::events::EventBus;
 pub use crate::events::WriteMeta;
 
 pub use group_commit::GroupCommitConfig;
-
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// The storage engine cannot be reached now; the caller may retry.
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    #[error("storage error: {0}")]
-    Internal(String),
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(err: sqlx::Error) -> Self {
-        match err {
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.to_string()),
-            sqlx::Error::Database(db) if is_unavailable_sqlstate(db.code().as_deref()) => {
-                StoreError::Unavailable(db.to_string())
-            }
-            other => StoreError::Internal(other.to_string()),
-        }
-    }
-}
-
-/// Postgres classes 08 (connection), 53 (resources), 57 (operator intervention:
-/// shutdown, cannot connect now); SQLite BUSY (5) and LOCKED (6).
-fn is_unavailable_sqlstate(code: Option<&str>) -> bool {
-    matches!(code, Some(c) if c.starts_with("08") || c.starts_with("53") || c.starts_with("57") || c == "5" || c == "6")
-}
 
 /// Where a page of `list` starts: strictly after this `(updated_at, manga_id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

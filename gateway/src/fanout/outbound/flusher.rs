@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use super::registry::Conn;
+use super::Conn;
 
 /// Connections a flusher writes before letting other tasks of its worker run:
 /// one write costs ~10 us on loopback, so requests wait at most ~0.2 ms.
