@@ -17,15 +17,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
 use crate::backend::{HealthSettings, Replicas};
 use crate::config::Config;
 use crate::connection::{self, Shared};
 use crate::fanout::watch::{self as event_stream, WatchSettings};
-use crate::fanout::{Fanout, Flushers, quota};
-use crate::handlers;
 
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -62,32 +58,13 @@ pub struct Gateway {
 impl Gateway {
     /// Checks the configuration and prepares everything; needs a Tokio runtime.
     pub fn build(listener: TcpListener, config: Config) -> anyhow::Result<Self> {
-        let auth = Authenticator::from_config(&config)?;
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(tls_acceptor(cert, key)?),
             (None, None) => None,
             _ => anyhow::bail!("--tls-cert and --tls-key go together"),
         };
         let replicas = Arc::new(Replicas::new(&config)?);
-        let (user_rate, user_burst) = config.user_rate();
-        let fanout = Arc::new(Fanout::new(quota(user_rate, user_burst)));
-        let shared = Arc::new(Shared {
-            context: handlers::Context {
-                replicas: replicas.clone(),
-                fanout,
-                grpc_timeout: config.grpc_timeout,
-                max_subscriptions: config.max_subscriptions,
-            },
-            auth,
-            tasks: TaskTracker::new(),
-            auth_timeout: config.auth_timeout,
-            idle_timeout: config.idle_timeout,
-            shutdown_drain: config.shutdown_drain,
-            max_message_bytes: config.max_message_bytes(),
-            outbound_queue_bytes: config.outbound_queue_bytes(),
-            conn_quota: quota(config.rate_limit_per_sec, config.rate_limit_burst),
-            flushers: Flushers::per_core(),
-        });
+        let shared = Arc::new(Shared::new(&config, replicas.clone())?);
         let (ready_tx, ready_rx) = watch::channel(false);
         let admin = match config.metrics_listen {
             Some(addr) => {

@@ -150,3 +150,97 @@ impl<R: ReadSource> LineReader<R> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    fn line(frame: Frame) -> String {
+        match frame {
+            Frame::Line(bytes) => String::from_utf8(bytes.to_vec()).expect("UTF-8"),
+            other => panic!("not a line: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_split_across_reads_are_joined_and_crlf_is_trimmed() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (read, _write) = tokio::io::split(server);
+        let mut lines = LineReader::new(read, 100);
+        client.write_all(b"{\"type\":").await.expect("write");
+        client
+            .write_all(b"\"ping\"}\r\nsecond\n")
+            .await
+            .expect("write");
+        assert_eq!(
+            line(lines.next().await.expect("frame")),
+            "{\"type\":\"ping\"}"
+        );
+        assert_eq!(line(lines.next().await.expect("frame")), "second");
+        // Nothing buffered once the last line is handed off.
+        assert!(!lines.has_buffered());
+        drop(client);
+        assert!(matches!(lines.next().await.expect("frame"), Frame::Eof));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_line_is_reported_once_skipped_and_never_kept() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let (read, _write) = tokio::io::split(server);
+        let mut lines = LineReader::new(read, 10);
+        let writer = tokio::spawn(async move {
+            client.write_all(b"short\n").await.expect("write");
+            // 100 KiB without a newline, then its end and a next line.
+            for _ in 0..100 {
+                client.write_all(&[b'x'; 1024]).await.expect("write");
+            }
+            client.write_all(b"tail\nafter\n").await.expect("write");
+            client
+        });
+        assert_eq!(line(lines.next().await.expect("frame")), "short");
+        assert!(matches!(
+            lines.next().await.expect("frame"),
+            Frame::TooLarge
+        ));
+        // The rest of the long line is dropped as it arrives: the buffer
+        // never grows past one read.
+        let after = lines.next().await.expect("frame");
+        assert!(lines.buf.capacity() <= MAX_READ);
+        assert_eq!(line(after), "after");
+        drop(writer.await.expect("writer"));
+        assert!(matches!(lines.next().await.expect("frame"), Frame::Eof));
+    }
+
+    #[tokio::test]
+    async fn a_line_exactly_at_the_cap_passes_and_one_byte_more_does_not() {
+        let (mut client, server) = tokio::io::duplex(256);
+        let (read, _write) = tokio::io::split(server);
+        let mut lines = LineReader::new(read, 5);
+        client
+            .write_all(b"12345\n123456\nok\n")
+            .await
+            .expect("write");
+        assert_eq!(line(lines.next().await.expect("frame")), "12345");
+        assert!(matches!(
+            lines.next().await.expect("frame"),
+            Frame::TooLarge
+        ));
+        assert_eq!(line(lines.next().await.expect("frame")), "ok");
+    }
+
+    #[tokio::test]
+    async fn try_next_returns_what_is_there_without_waiting() {
+        let (mut client, server) = tokio::io::duplex(256);
+        let (read, _write) = tokio::io::split(server);
+        let mut lines = LineReader::new(read, 100);
+        assert!(lines.try_next().is_none(), "nothing sent yet");
+        client.write_all(b"a\nb\npartial").await.expect("write");
+        assert_eq!(line(lines.try_next().expect("ready").expect("frame")), "a");
+        assert_eq!(line(lines.try_next().expect("ready").expect("frame")), "b");
+        assert!(lines.try_next().is_none(), "a partial line waits");
+        client.write_all(b"\n").await.expect("write");
+        assert_eq!(line(lines.next().await.expect("frame")), "partial");
+    }
+}

@@ -419,3 +419,74 @@ impl Buf for Batch {
         n
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+
+    fn line(n: usize) -> Bytes {
+        let mut text = "x".repeat(n - 1);
+        text.push('\n');
+        Bytes::from(text)
+    }
+
+    fn outbound(capacity: usize) -> (Arc<Outbound>, tokio::io::DuplexStream) {
+        let (client, server) = tokio::io::duplex(1 << 16);
+        let out = Outbound::new(
+            1,
+            capacity,
+            CancellationToken::new(),
+            Box::pin(server),
+            Flushers::per_core(),
+        );
+        (out, client)
+    }
+
+    #[tokio::test]
+    async fn queued_bytes_count_against_the_limit_and_one_byte_over_kicks() {
+        let (out, _client) = outbound(100);
+        // Queued for a flusher that is not running: nothing is written.
+        assert!(out.push(line(60)));
+        assert!(out.push(line(40)), "exactly at the limit");
+        assert!(!out.is_kicked());
+        assert!(!out.push(line(1)), "one byte over");
+        assert!(out.is_kicked());
+        assert!(
+            out.stop_token().is_cancelled(),
+            "the connection is told to stop"
+        );
+        assert!(!out.push(line(1)), "nothing is queued once kicked");
+        // What stays queued is the SLOW_CONSUMER notice alone.
+        let queue = &out.lock().queue;
+        assert_eq!(queue.len(), 1);
+        assert!(
+            std::str::from_utf8(&queue[0])
+                .unwrap_or_default()
+                .contains("SLOW_CONSUMER")
+        );
+    }
+
+    #[tokio::test]
+    async fn written_bytes_are_given_back_to_the_limit() {
+        let (out, mut client) = outbound(100);
+        for round in 0..5 {
+            assert!(out.reply(line(80)), "round {round}");
+            let mut got = vec![0; 80];
+            client.read_exact(&mut got).await.expect("read");
+            assert_eq!(out.lock().bytes, 0, "round {round}");
+        }
+        assert!(!out.is_kicked());
+    }
+
+    #[tokio::test]
+    async fn control_lines_pass_the_limit_but_not_a_kick() {
+        let (out, _client) = outbound(10);
+        assert!(out.push(line(10)));
+        assert!(out.push_control(line(50)), "a system notice still goes out");
+        assert!(!out.is_kicked());
+        assert!(!out.push(line(1)));
+        assert!(!out.push_control(line(5)), "not after a kick");
+    }
+}

@@ -417,3 +417,126 @@ fn plan(
     }
     (writes, outcomes, events)
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+
+    use super::*;
+    use crate::domain::{Chapter, Status};
+
+    fn key(manga_id: i64) -> ProgressKey {
+        ProgressKey::new("u", manga_id).expect("key")
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp_micros(1_700_000_000_000_000).expect("time")
+    }
+
+    fn update(manga_id: i64, hundredths: i64) -> Op {
+        let (reply, _) = oneshot::channel();
+        Op::Update {
+            cmd: UpdateCommand {
+                key: key(manga_id),
+                chapter: Chapter::from_hundredths(hundredths).expect("chapter"),
+                page: 0,
+                status: None,
+                force: false,
+                device: None,
+            },
+            meta: WriteMeta::default(),
+            reply,
+        }
+    }
+
+    fn delete(manga_id: i64) -> Op {
+        let (reply, _) = oneshot::channel();
+        Op::Delete {
+            key: key(manga_id),
+            meta: WriteMeta::default(),
+            reply,
+        }
+    }
+
+    fn stored(manga_id: i64, hundredths: i64, version: i64) -> (ProgressKey, Progress) {
+        let progress = Progress {
+            key: key(manga_id),
+            chapter: Chapter::from_hundredths(hundredths).expect("chapter"),
+            page: 0,
+            status: Status::Reading,
+            version,
+            updated_at: now() - chrono::Duration::seconds(1),
+            device: None,
+        };
+        (key(manga_id), progress)
+    }
+
+    #[test]
+    fn a_batch_takes_one_position_per_applied_change_in_order() {
+        let loaded: Loaded = [stored(1, 500, 3)].into();
+        // 1: forward (applied), behind (not), forward again; 2: created.
+        let ops = [
+            update(1, 600),
+            update(1, 100),
+            update(2, 100),
+            update(1, 700),
+        ];
+        let (writes, outcomes, events) = plan(&ops, &loaded, now());
+        let positions: Vec<Option<i64>> = outcomes
+            .iter()
+            .map(|o| match o {
+                Outcome::Update(out) => out.position,
+                Outcome::Delete(position) => *position,
+            })
+            .collect();
+        assert_eq!(positions, [Some(1), None, Some(2), Some(3)]);
+        assert_eq!(writes.positions, 3);
+        assert_eq!(
+            events.iter().map(|e| e.position).collect::<Vec<_>>(),
+            [1, 2, 3]
+        );
+        // Every change is in the log, the row written once at its last state,
+        // guarded by the version it was planned on.
+        assert_eq!(writes.log.len(), 3);
+        assert_eq!(writes.updates.len(), 1);
+        let (row, guard, stamp) = &writes.updates[0];
+        assert_eq!(
+            (row.chapter.hundredths(), row.version, *guard, stamp.offset),
+            (700, 5, 3, 3)
+        );
+        assert_eq!(writes.inserts.len(), 1);
+        assert_eq!(writes.inserts[0].1.offset, 2);
+    }
+
+    #[test]
+    fn a_no_op_batch_writes_nothing() {
+        let loaded: Loaded = [stored(1, 500, 3)].into();
+        let (writes, outcomes, events) = plan(&[update(1, 500), delete(9)], &loaded, now());
+        assert!(writes.is_empty() && writes.log.is_empty() && events.is_empty());
+        assert_eq!(writes.positions, 0);
+        assert!(
+            matches!(&outcomes[0], Outcome::Update(out) if !out.applied && out.progress.version == 3)
+        );
+        assert!(matches!(outcomes[1], Outcome::Delete(None)));
+    }
+
+    #[test]
+    fn a_record_created_and_deleted_in_one_batch_leaves_a_delete_marker() {
+        let (writes, _, events) = plan(&[update(4, 100), delete(4)], &Loaded::new(), now());
+        assert!(writes.inserts.is_empty() && writes.deletes.is_empty());
+        assert_eq!(writes.markers.len(), 1);
+        assert_eq!(writes.markers[0].1.offset, 2, "after the create's position");
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn a_stored_record_deleted_then_created_again_starts_over_at_version_1() {
+        let loaded: Loaded = [stored(1, 500, 7)].into();
+        let (writes, outcomes, _) = plan(&[delete(1), update(1, 100)], &loaded, now());
+        assert!(matches!(outcomes[0], Outcome::Delete(Some(1))));
+        assert!(matches!(&outcomes[1], Outcome::Update(out) if out.progress.version == 1));
+        // One row write: the new record, guarded by the deleted one's version.
+        assert_eq!(writes.updates.len(), 1);
+        assert_eq!((writes.updates[0].0.version, writes.updates[0].1), (1, 7));
+    }
+}
