@@ -1,13 +1,16 @@
 //! Real infrastructure for tests: a fresh Postgres database per test (on the
 //! machine's server, or on a private cluster started from the installed
-//! binaries when none is reachable), and private Postgres/Redis servers that
-//! fault tests may stop, kill and restart without disturbing anyone else.
+//! binaries when none is reachable), private Postgres/Redis servers that
+//! fault tests may stop, kill and restart without disturbing anyone else, and
+//! a JSON-lines client of the gateway.
 
 mod http;
+mod lines;
 mod postgres;
 mod redis;
 
 pub use http::http_get;
+pub use lines::{LineClient, WAIT};
 pub use postgres::{PrivatePostgres, fresh_database};
 pub use redis::PrivateRedis;
 

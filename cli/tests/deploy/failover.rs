@@ -9,11 +9,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use serde_json::{Value, json};
-use testkit::{free_port, http_get, wait_until};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
+use anyhow::bail;
+use serde_json::json;
+use testkit::{LineClient, free_port, http_get, wait_until};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -92,13 +90,10 @@ async fn run_device(
     log: Log,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let stream = TcpStream::connect(gateway).await?;
-    stream.set_nodelay(true)?;
-    let (read, mut write) = stream.into_split();
-    let mut lines = BufReader::new(read).lines();
-    let auth = json!({"type":"auth","data":{"token":token,"device":device}});
-    write.write_all(format!("{auth}\n").as_bytes()).await?;
-    let reply: Value = serde_json::from_str(&lines.next_line().await?.context("closed in auth")?)?;
+    let mut client = LineClient::connect(gateway).await;
+    let reply = client
+        .request(json!({"type":"auth","data":{"token":token,"device":device}}))
+        .await;
     if reply["success"] != true {
         bail!("auth failed: {reply}");
     }
@@ -125,10 +120,10 @@ async fn run_device(
             )
         };
         let sent = Instant::now();
-        write.write_all(format!("{request}\n").as_bytes()).await?;
+        client.send(request).await;
+        // Events of the user's other devices arrive in between.
         let reply = loop {
-            let line = lines.next_line().await?.context("the gateway closed")?;
-            let message: Value = serde_json::from_str(&line)?;
+            let message = client.recv().await;
             if message["id"] == id {
                 break message;
             }
