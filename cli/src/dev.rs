@@ -124,14 +124,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         banner,
         "  export MANGAHUB_ADDR={gateway_addr} MANGAHUB_TOKEN={token}"
     );
-    let _ = writeln!(
-        banner,
-        "  mangahub client watch                                  # terminal 1"
-    );
-    let _ = writeln!(
-        banner,
-        "  mangahub client update --manga 42 --chapter 76.5       # terminal 2"
-    );
+    let me = invocation();
+    for (command, terminal) in [
+        ("client watch", 1),
+        ("client update --manga 42 --chapter 76.5", 2),
+    ] {
+        let line = format!("{me} {command}");
+        let _ = writeln!(banner, "  {line:<64} # terminal {terminal}");
+    }
 
     let _ = std::io::stdout().write_all(banner.as_bytes());
     let _ = std::io::stdout().flush();
@@ -143,6 +143,37 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     progress.stop().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How a newcomer runs this same binary again from their shell: `mangahub`
+/// when that is what the PATH finds, `cargo run [--release] --` for a build
+/// in a cargo target directory (the README's way), else its full path.
+fn invocation() -> String {
+    let Ok(me) = std::env::current_exe() else {
+        return "mangahub".to_owned();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| {
+            std::fs::canonicalize(dir.join("mangahub")).ok() == std::fs::canonicalize(&me).ok()
+        })
+    });
+    if on_path {
+        return "mangahub".to_owned();
+    }
+    let profile = me
+        .parent()
+        .and_then(Path::file_name)
+        .and_then(|p| p.to_str());
+    let in_target = me
+        .parent()
+        .and_then(Path::parent)
+        .and_then(Path::file_name)
+        .is_some_and(|d| d == "target");
+    match profile {
+        Some("release") if in_target => "cargo run --release --".to_owned(),
+        Some("debug") if in_target => "cargo run --".to_owned(),
+        _ => me.display().to_string(),
+    }
 }
 
 /// The dev secret kept in the data dir, so tokens outlive a restart.
