@@ -3,6 +3,7 @@
 //! Lines that carry a change's cursor end with `[cursor …]`; pass it to
 //! `client sync --cursor` to get what changed after it.
 
+pub mod conn;
 mod render;
 pub mod session;
 mod shell;

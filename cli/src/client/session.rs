@@ -1,15 +1,12 @@
-//! One authenticated connection speaking the gateway's JSON lines (contract §5).
-
-use std::time::Duration;
+//! One authenticated connection speaking the gateway's JSON lines (contract
+//! §5), as people and scripts use it: requests with ids answered in turn,
+//! events queued while a reply is awaited.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+use super::conn::{Conn, REPLY_TIMEOUT};
 
 /// A server line, with `data` kept as raw JSON so chapters keep their exact text.
 #[derive(Debug, Deserialize)]
@@ -22,10 +19,6 @@ pub struct Message {
     pub code: Option<String>,
     #[serde(default)]
     pub message: Option<String>,
-    #[serde(default)]
-    pub success: Option<bool>,
-    #[serde(default)]
-    pub error: Option<String>,
     #[serde(default)]
     pub user_id: Option<String>,
     #[serde(default)]
@@ -62,27 +55,8 @@ impl Message {
     }
 }
 
-/// The first of the comma-separated `addrs` that accepts a connection.
-async fn connect_any(addrs: &str) -> anyhow::Result<TcpStream> {
-    let mut failures = Vec::new();
-    for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(err) => {
-                tracing::debug!(addr, %err, "gateway unreachable; trying the next");
-                failures.push(format!("{addr}: {err}"));
-            }
-        }
-    }
-    if failures.is_empty() {
-        bail!("no gateway address given");
-    }
-    bail!("connecting to the gateway: {}", failures.join("; "))
-}
-
 pub struct Session {
-    writer: OwnedWriteHalf,
-    lines: Lines<BufReader<OwnedReadHalf>>,
+    conn: Conn,
     next_id: u64,
     /// Events that arrived while waiting for a reply, oldest first.
     pending: std::collections::VecDeque<Message>,
@@ -94,37 +68,14 @@ impl Session {
     /// `addrs` may list several gateways, comma-separated: the first that
     /// accepts the connection is used (the others are failovers).
     pub async fn connect(addrs: &str, token: &str, device: Option<&str>) -> anyhow::Result<Self> {
-        let stream = connect_any(addrs).await?;
-        stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
-        let mut session = Session {
-            writer,
-            lines: BufReader::new(read).lines(),
+        let conn = Conn::open(addrs, token, device).await?;
+        let reply = Message::parse(conn.last_line())?;
+        Ok(Session {
+            conn,
             next_id: 1,
             pending: Default::default(),
-            user_id: String::new(),
-        };
-        let auth = match device {
-            Some(device) => {
-                serde_json::json!({"type": "auth", "data": {"token": token, "device": device}})
-            }
-            None => serde_json::json!({"type": "auth", "data": {"token": token}}),
-        };
-        session.send_line(&auth.to_string()).await?;
-        let reply = session
-            .read()
-            .await?
-            .context("the gateway closed the connection during auth")?;
-        match (reply.kind.as_str(), reply.success) {
-            ("auth_response", Some(true)) => {
-                session.user_id = reply.user_id.unwrap_or_default();
-                Ok(session)
-            }
-            _ => bail!(
-                "authentication failed: {}",
-                reply.error.or(reply.message).unwrap_or(reply.raw)
-            ),
-        }
+            user_id: reply.user_id.unwrap_or_default(),
+        })
     }
 
     /// Sends `{"type", "id", "data"}` and returns the reply carrying that id.
@@ -160,14 +111,12 @@ impl Session {
     }
 
     pub async fn send_line(&mut self, line: &str) -> anyhow::Result<()> {
-        self.writer.write_all(line.as_bytes()).await?;
-        self.writer.write_all(b"\n").await?;
-        Ok(())
+        self.conn.send(line).await
     }
 
     async fn read(&mut self) -> anyhow::Result<Option<Message>> {
-        match self.lines.next_line().await? {
-            Some(line) => Message::parse(&line).map(Some),
+        match self.conn.next_line().await? {
+            Some(line) => Message::parse(line).map(Some),
             None => Ok(None),
         }
     }

@@ -169,8 +169,8 @@ async fn measure(
         Duration::from_secs(3600),
     )?;
     let mut probes = [
-        Conn::open(&gateway_args.addr, &token).await?,
-        Conn::open(&gateway_args.addr, &token).await?,
+        Conn::open(&gateway_args.addr, &token, None).await?,
+        Conn::open(&gateway_args.addr, &token, None).await?,
     ];
     let chapter = Arc::new(AtomicU64::new(0));
     let channel = stack.channel().await?;

@@ -169,7 +169,7 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
         None,
         Duration::from_secs(3600),
     )?;
-    let mut marker = Conn::open(&gateway_args.addr, &marker_token).await?;
+    let mut marker = Conn::open(&gateway_args.addr, &marker_token, None).await?;
 
     let mut channels = Vec::new();
     for _ in 0..WRITE_CHANNELS {
