@@ -154,6 +154,18 @@ async fn metrics(admin: SocketAddr) -> String {
     page
 }
 
+/// Waits until the gateway reports the replica of `label` (un)healthy.
+async fn wait_health(admin: SocketAddr, label: &str, healthy: bool) {
+    let value = if healthy { " 1" } else { " 0" };
+    wait_until(STEP, &format!("{label} healthy: {healthy}"), || async {
+        metrics(admin).await.lines().any(|l| {
+            l.starts_with("gateway_replica_healthy") && l.contains(label) && l.ends_with(value)
+        })
+    })
+    .await
+    .expect("the gateway's view of the replica");
+}
+
 fn answered(logs: &[Log]) -> Vec<usize> {
     logs.iter().map(|l| l.lock().expect("log").len()).collect()
 }
@@ -269,20 +281,7 @@ async fn failover(stop_kind: Stop) {
         Stop::Kill => replica_a.kill(STEP).await,
         Stop::Terminate => replica_a.terminate(),
     }
-    wait_until(
-        STEP,
-        "the gateway to mark the killed replica unhealthy",
-        || async {
-            let page = metrics(admin).await;
-            page.lines().any(|l| {
-                l.starts_with("gateway_replica_healthy")
-                    && l.contains(&label_a)
-                    && l.ends_with(" 0")
-            })
-        },
-    )
-    .await
-    .expect("the gateway notices the kill");
+    wait_health(admin, &label_a, false).await;
     let known = Instant::now();
     let base = answered(&logs);
     wait_answers(&tasks, &logs, &base, AFTER).await;
@@ -297,20 +296,7 @@ async fn failover(stop_kind: Stop) {
     }
     // Restarted on the same port: it rejoins and takes calls again.
     let _replica_a = start_replica(a, &database_url).await;
-    wait_until(
-        STEP,
-        "the restarted replica to be healthy again",
-        || async {
-            let page = metrics(admin).await;
-            page.lines().any(|l| {
-                l.starts_with("gateway_replica_healthy")
-                    && l.contains(&label_a)
-                    && l.ends_with(" 1")
-            })
-        },
-    )
-    .await
-    .expect("the replica rejoins");
+    wait_health(admin, &label_a, true).await;
     let calls_at_rejoin = series(
         &metrics(admin).await,
         "gateway_replica_calls_total",
