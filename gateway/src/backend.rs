@@ -258,12 +258,19 @@ impl Replicas {
 }
 
 /// The replica never processed the call: the connection could not be made,
-/// or the replica refused the stream (HTTP/2 `REFUSED_STREAM`, or a GOAWAY
-/// that excluded it: a draining server takes no new calls).
+/// the connection closed before the call was written (hyper hands such a
+/// request back as canceled), or the replica refused the stream (HTTP/2
+/// `REFUSED_STREAM`, or a GOAWAY that excluded it: a draining server takes no
+/// new calls).
 pub fn not_sent(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
         if err.is::<tonic::ConnectError>() {
+            return true;
+        }
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>()
+            && hyper.is_canceled()
+        {
             return true;
         }
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
