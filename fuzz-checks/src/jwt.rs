@@ -110,10 +110,16 @@ fn check_accepted(token: &str, identity: &Identity, before: u64, after: u64) {
     let claims: Seen = serde_json::from_slice(&part(1)).expect("claims JSON");
     let leeway = LEEWAY_SECS as f64;
     let exp = seconds(claims.exp.as_ref(), "exp").expect("a token without exp was accepted");
-    assert!(exp + leeway >= before as f64, "expired token accepted: {claims:?}");
+    assert!(
+        exp + leeway >= before as f64,
+        "expired token accepted: {claims:?}"
+    );
     for (name, claim) in [("nbf", &claims.nbf), ("iat", &claims.iat)] {
         if let Some(at) = seconds(claim.as_ref(), name) {
-            assert!(at <= (after as f64) + leeway, "future {name} accepted: {claims:?}");
+            assert!(
+                at <= (after as f64) + leeway,
+                "future {name} accepted: {claims:?}"
+            );
         }
     }
     let claimed = match &claims.user_id {
@@ -121,7 +127,13 @@ fn check_accepted(token: &str, identity: &Identity, before: u64, after: u64) {
         Some(Value::Number(n)) => Some(n.to_string()),
         _ => None,
     }
-    .or_else(|| claims.sub.as_ref().and_then(Value::as_str).map(str::to_owned));
+    .or_else(|| {
+        claims
+            .sub
+            .as_ref()
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    });
     assert_eq!(claimed.as_deref(), Some(&*identity.user_id), "{claims:?}");
     let valid = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
     assert!(
