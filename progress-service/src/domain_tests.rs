@@ -154,3 +154,178 @@ fn user_ids_and_devices_reject_control_characters() {
     assert!(validate_device(&"x".repeat(64)).is_ok());
     assert!(validate_device("tab\tlet").is_err());
 }
+
+/// The same rules on random inputs. Chapters, pages and statuses are drawn
+/// from small ranges so that updates often collide, tie and repeat.
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn status() -> impl Strategy<Value = Status> {
+        prop_oneof![
+            Just(Status::Reading),
+            Just(Status::Completed),
+            Just(Status::OnHold),
+            Just(Status::Dropped),
+            Just(Status::PlanToRead),
+        ]
+    }
+
+    fn chapter() -> impl Strategy<Value = Chapter> {
+        prop_oneof![4 => 0..=300i64, 1 => 0..=10_000_000i64]
+            .prop_map(|h| Chapter::from_hundredths(h).expect("in range"))
+    }
+
+    /// An update arriving at a random (not necessarily later) server time.
+    fn update(force: BoxedStrategy<bool>) -> impl Strategy<Value = (UpdateCommand, i64)> {
+        (
+            chapter(),
+            0..=3i32,
+            proptest::option::of(status()),
+            force,
+            0..=3_000_000i64,
+        )
+            .prop_map(|(chapter, page, status, force, micros)| {
+                let cmd = UpdateCommand {
+                    key: key(),
+                    chapter,
+                    page,
+                    status,
+                    force,
+                    device: None,
+                };
+                (cmd, micros)
+            })
+    }
+
+    fn initial() -> impl Strategy<Value = Option<Progress>> {
+        proptest::option::of((chapter(), 0..=3i32, status(), 1..=50i64).prop_map(
+            |(chapter, page, status, version)| Progress {
+                key: key(),
+                chapter,
+                page,
+                status,
+                version,
+                updated_at: t(1_000_000),
+                device: None,
+            },
+        ))
+    }
+
+    /// Folds `updates` over `initial` with `apply_update`, checking every
+    /// step: an update changes the record exactly when it reports applied,
+    /// bumps the version by one and moves `updated_at` forward; a no-op
+    /// leaves the record untouched. Returns the end state and the applied count.
+    fn fold(
+        initial: Option<Progress>,
+        updates: &[(UpdateCommand, i64)],
+    ) -> Result<(Option<Progress>, i64), TestCaseError> {
+        let mut state = initial;
+        let mut applied = 0;
+        for (cmd, micros) in updates {
+            let out = apply_update(state.as_ref(), cmd, t(*micros));
+            match &state {
+                None => {
+                    prop_assert!(out.applied);
+                    prop_assert_eq!(out.progress.version, 1);
+                }
+                Some(before) => {
+                    let content = |p: &Progress| (p.chapter, p.page, p.status);
+                    let changed = content(&out.progress) != content(before);
+                    prop_assert_eq!(out.applied, changed, "applied iff something changed");
+                    if changed {
+                        prop_assert_eq!(out.progress.version, before.version + 1);
+                        prop_assert!(out.progress.updated_at > before.updated_at);
+                    } else {
+                        prop_assert_eq!(&out.progress, before, "a no-op keeps the record");
+                    }
+                }
+            }
+            applied += i64::from(out.applied);
+            state = Some(out.progress);
+        }
+        Ok((state, applied))
+    }
+
+    /// The status rule: the last one named, else the one already there.
+    fn expected_status(initial: Option<&Progress>, updates: &[(UpdateCommand, i64)]) -> Status {
+        updates
+            .iter()
+            .rev()
+            .find_map(|(cmd, _)| cmd.status)
+            .or(initial.map(|p| p.status))
+            .unwrap_or(Status::Reading)
+    }
+
+    fn check_end_state(
+        initial: Option<&Progress>,
+        updates: &[(UpdateCommand, i64)],
+        end: Option<&Progress>,
+        applied: i64,
+    ) -> Result<(), TestCaseError> {
+        let Some(end) = end else {
+            prop_assert!(initial.is_none() && updates.is_empty());
+            return Ok(());
+        };
+        prop_assert_eq!(end.status, expected_status(initial, updates));
+        prop_assert_eq!(end.version, initial.map_or(0, |p| p.version) + applied);
+        Ok(())
+    }
+
+    fn no_force() -> BoxedStrategy<bool> {
+        Just(false).boxed()
+    }
+
+    proptest! {
+        #[test]
+        fn without_force_every_arrival_order_ends_at_the_furthest_position(
+            initial in initial(),
+            (updates, shuffled) in prop::collection::vec(update(no_force()), 0..12)
+                .prop_flat_map(|v| (Just(v.clone()), Just(v).prop_shuffle())),
+        ) {
+            let furthest = initial
+                .iter()
+                .map(|p| (p.chapter, p.page))
+                .chain(updates.iter().map(|(c, _)| (c.chapter, c.page)))
+                .max();
+            let mut ends = Vec::new();
+            for order in [&updates, &shuffled] {
+                let (end, applied) = fold(initial.clone(), order)?;
+                check_end_state(initial.as_ref(), order, end.as_ref(), applied)?;
+                let position = end.as_ref().map(|p| (p.chapter, p.page));
+                prop_assert_eq!(position, furthest);
+                ends.push(position);
+            }
+            prop_assert_eq!(ends[0], ends[1]);
+        }
+
+        #[test]
+        fn with_force_versions_count_applied_updates_and_statuses_follow_the_last_named(
+            initial in initial(),
+            updates in prop::collection::vec(update(any::<bool>().boxed()), 0..12),
+        ) {
+            let (end, applied) = fold(initial.clone(), &updates)?;
+            check_end_state(initial.as_ref(), &updates, end.as_ref(), applied)?;
+        }
+
+        #[test]
+        fn chapter_parse_after_display_is_the_identity(hundredths in 0..=10_000_000i64) {
+            let chapter = Chapter::from_hundredths(hundredths).expect("in range");
+            let text = chapter.to_string();
+            let parsed: Chapter = text.parse().expect("canonical text parses");
+            prop_assert_eq!(parsed, chapter);
+            prop_assert_eq!(parsed.to_string(), text);
+        }
+
+        #[test]
+        fn padded_chapter_text_parses_to_the_same_value(
+            hundredths in 0..=10_000_000i64,
+            zeros in 0..3usize,
+        ) {
+            let text = format!("{}{}.{:02}", "0".repeat(zeros), hundredths / 100, hundredths % 100);
+            let parsed: Chapter = text.parse().expect("padded text parses");
+            prop_assert_eq!(parsed.hundredths(), hundredths);
+        }
+    }
+}

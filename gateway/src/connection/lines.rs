@@ -68,6 +68,12 @@ impl<R: ReadSource> LineReader<R> {
         !self.buf.is_empty()
     }
 
+    /// Bytes held: at most the cap plus one read (the fuzz checks assert it).
+    #[doc(hidden)]
+    pub fn buffered_len(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Resolves when the transport has bytes to read (a hint).
     pub fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send {
         self.inner.wait_readable()

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Chapter, Progress, ProgressKey};
+use crate::domain::{self, Chapter, Progress, ProgressKey};
 use crate::events::WriteMeta;
 use crate::events::{Change, ChangeEvent};
 use crate::store::StoreError;
@@ -76,9 +76,12 @@ pub fn parse_hash(
             .ok_or_else(|| StoreError::Internal(format!("cached record lacks {name}")))
     };
     let bad = |name: &str| StoreError::Internal(format!("cached record has a bad {name}"));
+    // Another writer of the compatible hash may give nanoseconds: keep the
+    // precision every store keeps, so that the record encodes back unchanged.
     let updated_at = DateTime::parse_from_rfc3339(field("updated_at")?)
         .map_err(|_| bad("updated_at"))?
         .with_timezone(&Utc);
+    let updated_at = domain::truncate_to_micros(updated_at);
     Ok(Cached {
         progress: Progress {
             key: key.clone(),
@@ -265,6 +268,18 @@ mod tests {
         let cached = parse_hash(&p.key, &fields).expect("parses");
         assert_eq!(cached.progress, p);
         assert_eq!(cached.seq, "9");
+    }
+
+    #[test]
+    fn a_nanosecond_time_is_read_at_the_stored_precision() {
+        let p = record();
+        let mut fields: HashMap<String, String> = hash_fields(&p)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        fields.insert("updated_at".into(), "2023-11-14T22:13:20.123456789Z".into());
+        let cached = parse_hash(&p.key, &fields).expect("parses");
+        assert_eq!(cached.progress, p);
     }
 
     #[test]

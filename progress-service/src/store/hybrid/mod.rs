@@ -38,6 +38,9 @@ use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
 use crate::events::{Change, ChangeEvent, EventBus};
 
 pub use self::codec::{GROUP, STREAM, hash_key};
+/// For the fuzz checks of the codec only.
+#[doc(hidden)]
+pub use self::codec::{SEQ_FIELD, WireChange, hash_fields, parse_hash};
 pub(crate) use self::pg::BATCH_LOCK;
 
 /// Writes of one process to one record take turns, so compare-and-set
