@@ -9,7 +9,7 @@ mod redis;
 
 pub use http::http_get;
 pub use postgres::{PrivatePostgres, fresh_database};
-pub use redis::PrivateRedis;
+pub use redis::{Persistence, PrivateRedis};
 
 use std::future::Future;
 use std::net::TcpListener;
