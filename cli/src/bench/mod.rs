@@ -3,6 +3,7 @@
 mod catch_up;
 mod grpc;
 mod idle;
+mod processes;
 mod report;
 mod stats;
 mod tcp;
