@@ -336,7 +336,7 @@ fn check_deliveries(
                             .entry((receipt.record.manga, receipt.record.version))
                             .or_default() += 1;
                     }
-                    Via::Sync => acc.sync_records += 1,
+                    Via::Sync | Via::Final => acc.sync_records += 1,
                 }
                 match attempt_of(sent, &receipt.record) {
                     Some(s) => witness = witness.max(Some(s.sent)),

@@ -264,9 +264,11 @@ impl Device {
                 return;
             }
             // `ready` caught up from the cursor; sync once more so that
-            // anything still on its way is in.
+            // anything still on its way is in. Its records go to the
+            // convergence check only, not to the session's deliveries: they
+            // must not stand in for an event the session missed.
             let from = self.cursor.clone();
-            if self.sync_from(from).await.is_ok() {
+            if self.sync_from(from, Via::Final).await.is_ok() {
                 break;
             }
         }
@@ -355,7 +357,7 @@ impl Device {
                     } else {
                         self.cursor.clone()
                     };
-                    if self.sync_from(from).await.is_ok() {
+                    if self.sync_from(from, Via::Sync).await.is_ok() {
                         self.backoff = FIRST_BACKOFF;
                         return true;
                     }
@@ -415,10 +417,11 @@ impl Device {
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
-    /// `sync` from `from` (None: the full state) through every page. Error
+    /// `sync` from `from` (None: the full state) through every page, its
+    /// records received `via` a catch-up or the final sync. Error
     /// replies are retried on the same connection; an expired cursor starts
     /// over from scratch. On success the session is caught up.
-    async fn sync_from(&mut self, mut from: Option<String>) -> Result<(), Broken> {
+    async fn sync_from(&mut self, mut from: Option<String>, via: Via) -> Result<(), Broken> {
         loop {
             if Instant::now() > self.plan.give_up {
                 return Err(Broken);
@@ -453,7 +456,7 @@ impl Device {
             for change in &result.changes {
                 match (change.op.as_str(), &change.data) {
                     ("updated", Some(data)) => match Record::parse(data.get()) {
-                        Ok(record) => self.receive(record, Via::Sync),
+                        Ok(record) => self.receive(record, via),
                         Err(_) => self.error("sync", "bad record"),
                     },
                     _ => self.error("sync", format!("unexpected op {}", change.op)),
@@ -603,6 +606,9 @@ impl Device {
 
     fn receive(&mut self, record: Record, via: Via) {
         self.merge(&record);
+        if via == Via::Final {
+            return;
+        }
         if let Some(session) = self.log.sessions.last_mut() {
             session.receipts.push(Receipt { record, via });
         }

@@ -87,8 +87,11 @@ pub struct Attempt {
 pub enum Via {
     /// A `progress_broadcast` pushed by the gateway.
     Live,
-    /// A change in a `sync_result`.
+    /// A change in a `sync_result` of a catch-up (after connecting or `RESYNC`).
     Sync,
+    /// A change in the final `sync`: only for the convergence check, never
+    /// kept as a session's receipt.
+    Final,
 }
 
 #[derive(Debug, Clone)]
