@@ -147,19 +147,17 @@ impl PrivatePostgres {
             .context("postmaster.pid holds no process id")?;
         let mut pids = children_of(postmaster);
         pids.push(postmaster);
-        let status = Command::new("kill")
+        // Its exit status is not telling: a backend may exit by itself
+        // between the scan and the kill. Whether they are all gone is.
+        Command::new("kill")
             .arg("-KILL")
             .args(pids.iter().map(u32::to_string))
             .stderr(Stdio::null())
             .status()
             .context("running kill")?;
-        anyhow::ensure!(
-            status.success() || !alive(postmaster),
-            "kill -KILL {postmaster} failed"
-        );
         wait_until(
             Duration::from_secs(10),
-            "the killed Postgres to exit",
+            &format!("the killed Postgres (postmaster {postmaster}) to exit"),
             || {
                 let gone = pids.iter().all(|&pid| !alive(pid));
                 async move { gone }
