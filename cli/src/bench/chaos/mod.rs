@@ -28,7 +28,8 @@ use testkit::Persistence;
 use tokio::sync::watch;
 
 use self::clients::{Phase, Plan};
-use self::faults::{Kind, Schedule, Target};
+use self::faults::{Fault, Kind, Schedule, Target};
+use self::history::DeviceLog;
 use self::memory::{Bound, MemoryLog, lock};
 use super::processes::Binaries;
 use super::report::write_csv;
@@ -173,7 +174,70 @@ async fn chaos(args: &ChaosArgs, binaries: &Binaries) -> anyhow::Result<()> {
     )
     .await?;
     let sampler = memory::spawn_sampler(memory.clone());
+    // Whatever happens — done, failed, or interrupted — every process
+    // started here is stopped before returning.
+    let run = tokio::select! {
+        run = exercise(args, &title, &mut topology) => run,
+        () = gateway::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    lock(&memory).sample();
+    sampler.abort();
+    let kept_logs = topology.log_dir().map(|p| p.display().to_string());
+    topology.stop().await;
+    if let Some(dir) = &kept_logs {
+        eprintln!("process logs: {dir}");
+    }
+    let run = run?;
 
+    let bound = Bound {
+        warmup: args.rss_warmup,
+        factor: args.rss_factor,
+        slack_kib: args.rss_slack_mib * 1024,
+    };
+    let checked = bound.check(&lock(&memory).instances(), run.start);
+    let report = report::Report {
+        title,
+        faults: &run.faults,
+        logs: &run.logs,
+        accounts: &run.accounts,
+        memory: &checked,
+        bound,
+        everysec: args.appendfsync == Fsync::Everysec,
+        drained_in: run.drained_in,
+    };
+    let tables = report.tables();
+    for table in &tables {
+        table.print();
+    }
+    report.print_details();
+    if let Some(path) = &args.csv {
+        let rows: Vec<Vec<String>> = tables.iter().flat_map(|t| t.csv_rows()).collect();
+        write_csv(path, &["table", "row", "column", "value"], &rows)?;
+    }
+    let failures = report.failures();
+    if failures.is_empty() {
+        eprintln!("{}: PASS", report.title);
+        Ok(())
+    } else {
+        bail!("{}: FAIL: {}", report.title, failures.join("; "))
+    }
+}
+
+/// What a run leaves for the report.
+struct Run {
+    start: Instant,
+    faults: Vec<Fault>,
+    logs: Vec<DeviceLog>,
+    accounts: accounting::Accounts,
+    drained_in: Duration,
+}
+
+/// The devices and the faults, the end phases, the drain, the accounting.
+async fn exercise(
+    args: &ChaosArgs,
+    title: &str,
+    topology: &mut topology::Topology,
+) -> anyhow::Result<Run> {
     let users: Vec<String> = (0..args.users).map(|u| format!("chaos-u{u}")).collect();
     let tokens = users
         .iter()
@@ -196,10 +260,12 @@ async fn chaos(args: &ChaosArgs, binaries: &Binaries) -> anyhow::Result<()> {
         marked: AtomicUsize::new(0),
     });
     let devices = args.users * args.devices;
-    let tasks: Vec<_> = (0..args.users)
-        .flat_map(|u| (0..args.devices).map(move |d| (u, d)))
-        .map(|(u, d)| tokio::spawn(clients::run(plan.clone(), u, d)))
-        .collect();
+    let tasks = Tasks(
+        (0..args.users)
+            .flat_map(|u| (0..args.devices).map(move |d| (u, d)))
+            .map(|(u, d)| tokio::spawn(clients::run(plan.clone(), u, d)))
+            .collect(),
+    );
     eprintln!(
         "{title}: {devices} devices writing; faults from {} s to {} s",
         args.warmup.as_secs(),
@@ -215,23 +281,14 @@ async fn chaos(args: &ChaosArgs, binaries: &Binaries) -> anyhow::Result<()> {
         args.pause,
     );
     let faults = faults::run(
-        &mut topology,
+        topology,
         &mut schedule,
         start,
         start + args.warmup,
         start + args.duration - args.quiet_tail,
     )
-    .await;
-    let faults = match faults {
-        Ok(faults) => faults,
-        Err(err) => {
-            for task in &tasks {
-                task.abort();
-            }
-            topology.stop().await;
-            return Err(err.context("a fault's restart failed"));
-        }
-    };
+    .await
+    .context("a fault could not be injected or undone")?;
     tokio::time::sleep_until((start + args.duration).into()).await;
     topology.check_all_up().await?;
 
@@ -241,14 +298,9 @@ async fn chaos(args: &ChaosArgs, binaries: &Binaries) -> anyhow::Result<()> {
     let _ = phase_tx.send(Phase::Mark);
     wait_count(&plan.marked, devices, MARK_TIMEOUT).await;
     let _ = phase_tx.send(Phase::Final);
-    let mut logs = Vec::with_capacity(devices);
-    for task in tasks {
-        logs.push(task.await.context("a device task failed")?);
-    }
+    let logs = tasks.join().await?;
 
     let drained_in = topology.wait_drained(DRAIN_TIMEOUT).await?;
-    lock(&memory).sample();
-    sampler.abort();
     let stored = accounting::read_postgres(&topology.database_url, &users).await?;
     let redis_kills: Vec<_> = match args.appendfsync {
         Fsync::Always => Vec::new(),
@@ -260,43 +312,33 @@ async fn chaos(args: &ChaosArgs, binaries: &Binaries) -> anyhow::Result<()> {
     };
     let accounts =
         accounting::account(&logs, &stored, args.users, &redis_kills, EVERYSEC_ALLOWANCE);
-    let kept_logs = topology.log_dir().map(|p| p.display().to_string());
-    topology.stop().await;
-
-    let bound = Bound {
-        warmup: args.rss_warmup,
-        factor: args.rss_factor,
-        slack_kib: args.rss_slack_mib * 1024,
-    };
-    let checked = bound.check(&lock(&memory).instances(), start);
-    let report = report::Report {
-        title,
-        faults: &faults,
-        logs: &logs,
-        accounts: &accounts,
-        memory: &checked,
-        bound,
-        everysec: args.appendfsync == Fsync::Everysec,
+    Ok(Run {
+        start,
+        faults,
+        logs,
+        accounts,
         drained_in,
-    };
-    let tables = report.tables();
-    for table in &tables {
-        table.print();
+    })
+}
+
+/// The device tasks, aborted if the run ends before they do.
+struct Tasks(Vec<tokio::task::JoinHandle<DeviceLog>>);
+
+impl Tasks {
+    async fn join(mut self) -> anyhow::Result<Vec<DeviceLog>> {
+        let mut logs = Vec::with_capacity(self.0.len());
+        for task in std::mem::take(&mut self.0) {
+            logs.push(task.await.context("a device task failed")?);
+        }
+        Ok(logs)
     }
-    report.print_details();
-    if let Some(path) = &args.csv {
-        let rows: Vec<Vec<String>> = tables.iter().flat_map(|t| t.csv_rows()).collect();
-        write_csv(path, &["table", "row", "column", "value"], &rows)?;
-    }
-    if let Some(dir) = kept_logs {
-        eprintln!("process logs: {dir}");
-    }
-    let failures = report.failures();
-    if failures.is_empty() {
-        eprintln!("{}: PASS", report.title);
-        Ok(())
-    } else {
-        bail!("{}: FAIL: {}", report.title, failures.join("; "))
+}
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
