@@ -12,7 +12,7 @@ mod redis;
 pub use http::http_get;
 pub use lines::{LineClient, WAIT};
 pub use postgres::{PrivatePostgres, fresh_database};
-pub use redis::PrivateRedis;
+pub use redis::{Persistence, PrivateRedis};
 
 use std::future::Future;
 use std::net::TcpListener;

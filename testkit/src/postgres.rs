@@ -131,6 +131,53 @@ impl PrivatePostgres {
         )
     }
 
+    /// A crash: SIGKILL to the postmaster and every process it started. The
+    /// data directory stays as the crash left it (`start_server` then runs
+    /// crash recovery). Once every process is gone its lock files are
+    /// removed: a killed process that is not reaped yet would still look
+    /// alive to the next start.
+    pub async fn kill_server(&self) -> anyhow::Result<()> {
+        let pid_file = self.data_dir().join("postmaster.pid");
+        let text = std::fs::read_to_string(&pid_file)
+            .with_context(|| format!("reading {}", pid_file.display()))?;
+        let postmaster: u32 = text
+            .lines()
+            .next()
+            .and_then(|l| l.trim().parse().ok())
+            .context("postmaster.pid holds no process id")?;
+        let mut pids = children_of(postmaster);
+        pids.push(postmaster);
+        // Its exit status is not telling: a backend may exit by itself
+        // between the scan and the kill. Whether they are all gone is.
+        Command::new("kill")
+            .arg("-KILL")
+            .args(pids.iter().map(u32::to_string))
+            .stderr(Stdio::null())
+            .status()
+            .context("running kill")?;
+        wait_until(
+            Duration::from_secs(10),
+            &format!("the killed Postgres (postmaster {postmaster}) to exit"),
+            || {
+                let gone = pids.iter().all(|&pid| !alive(pid));
+                async move { gone }
+            },
+        )
+        .await?;
+        for lock in [
+            pid_file,
+            self.dir.path().join(format!(".s.PGSQL.{}.lock", self.port)),
+        ] {
+            match std::fs::remove_file(&lock) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(err).with_context(|| format!("removing {}", lock.display()));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
@@ -164,6 +211,48 @@ impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let _ = self.stop_server();
     }
+}
+
+/// Running and not a zombie (`/proc/<pid>/stat` state other than `Z`).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_owned();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// Processes whose parent is `parent` (a scan of `/proc`).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let ppid = stat
+                        .rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()?;
+                    Some(ppid == parent)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
 }
 
 fn is_root() -> bool {

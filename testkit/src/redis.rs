@@ -8,23 +8,43 @@ use tokio::net::TcpStream;
 
 use crate::{free_port, wait_until};
 
+/// How a private Redis persists writes (its append-only file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persistence {
+    /// No AOF: a restart starts empty.
+    None,
+    /// `appendfsync everysec`: a crash may lose about the last second.
+    EverySec,
+    /// `appendfsync always`: every write is fsynced before its reply.
+    Always,
+}
+
 pub struct PrivateRedis {
     dir: tempfile::TempDir,
     port: u16,
-    aof: bool,
+    persistence: Persistence,
     child: Option<Child>,
 }
 
 impl PrivateRedis {
     /// Starts a server; with `aof` it persists every write (`appendfsync everysec`).
     pub async fn start(aof: bool) -> anyhow::Result<Self> {
+        Self::start_with(if aof {
+            Persistence::EverySec
+        } else {
+            Persistence::None
+        })
+        .await
+    }
+
+    pub async fn start_with(persistence: Persistence) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("mangahub-redis")
             .tempdir()?;
         let mut redis = Self {
             dir,
             port: free_port()?,
-            aof,
+            persistence,
             child: None,
         };
         redis.restart().await?;
@@ -33,6 +53,11 @@ impl PrivateRedis {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The running server's process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn url(&self) -> String {
@@ -51,8 +76,15 @@ impl PrivateRedis {
                 "--save",
                 "",
             ])
-            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
-            .args(["--appendfsync", "everysec", "--maxclients", "10000"])
+            .args(match self.persistence {
+                Persistence::None => ["--appendonly", "no"],
+                Persistence::EverySec | Persistence::Always => ["--appendonly", "yes"],
+            })
+            .args(match self.persistence {
+                Persistence::Always => ["--appendfsync", "always"],
+                Persistence::None | Persistence::EverySec => ["--appendfsync", "everysec"],
+            })
+            .args(["--maxclients", "10000"])
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

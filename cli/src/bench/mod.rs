@@ -1,8 +1,10 @@
 //! `mangahub bench …`: load generators whose results tables go in the README.
 
 mod catch_up;
+mod chaos;
 mod grpc;
 mod idle;
+mod processes;
 mod report;
 mod stats;
 mod tcp;
@@ -22,6 +24,12 @@ pub enum BenchCommand {
     /// (events again, RESYNCs) and `sync` after missed changes, each beside a
     /// same-run reference; starts the real binaries.
     CatchUp(catch_up::CatchUpArgs),
+    /// A bounded chaos run: real Postgres, Redis, two hybrid replicas and two
+    /// gateways under writing and listening devices while a seeded schedule
+    /// kills and restarts them; checks that no acknowledged update is lost,
+    /// every device heard its other devices (or got RESYNC) and converged, and
+    /// that no process grew beyond a memory bound. Exits non-zero on a failure.
+    Chaos(chaos::ChaosArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -30,5 +38,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::TcpUpdates(args) => tcp_updates::run(&args),
         BenchCommand::Idle(args) => idle::run(&args),
         BenchCommand::CatchUp(args) => catch_up::run(&args),
+        BenchCommand::Chaos(args) => chaos::run(&args),
     }
 }

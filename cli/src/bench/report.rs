@@ -1,5 +1,5 @@
-//! Bench output beside the printed table: a progress bar on long runs, CSV
-//! rows, and an SVG latency CDF chart for the README.
+//! Bench output: results tables (printed as Markdown, cells as CSV rows), a
+//! progress bar on long runs, and an SVG latency CDF chart for the README.
 
 use std::path::Path;
 use std::time::Duration;
@@ -74,4 +74,75 @@ pub fn latency_cdf_svg(
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// A results table: a title, a header, rows, and notes under it.
+pub struct Table {
+    scenario: &'static str,
+    title: String,
+    header: Vec<&'static str>,
+    rows: Vec<Vec<String>>,
+    notes: Vec<String>,
+}
+
+impl Table {
+    pub fn new(scenario: &'static str, title: String, header: &[&'static str]) -> Self {
+        Self {
+            scenario,
+            title,
+            header: header.to_vec(),
+            rows: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+
+    pub fn note(&mut self, text: String) {
+        self.notes.push(text);
+    }
+
+    #[allow(clippy::print_stdout)] // a bench prints its results table
+    pub fn print(&self) {
+        println!("\n{}", self.title);
+        println!("| {} |", self.header.join(" | "));
+        println!("|{}", "---|".repeat(self.header.len()));
+        for row in &self.rows {
+            println!("| {} |", row.join(" | "));
+        }
+        for note in &self.notes {
+            println!("- {note}");
+        }
+    }
+
+    /// One CSV row per cell, keyed by the row's first cell (and its round,
+    /// when the table has that column).
+    pub fn csv_rows(&self) -> Vec<Vec<String>> {
+        let clean = |s: &str| s.replace(',', ";");
+        let key_cells = if self.header.get(1) == Some(&"round") {
+            2
+        } else {
+            1
+        };
+        let mut out = Vec::new();
+        for row in &self.rows {
+            let key = row
+                .iter()
+                .take(key_cells)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(" round ");
+            for (column, value) in self.header.iter().zip(row).skip(key_cells) {
+                out.push(vec![
+                    self.scenario.to_owned(),
+                    clean(&key),
+                    clean(column),
+                    clean(value),
+                ]);
+            }
+        }
+        out
+    }
 }

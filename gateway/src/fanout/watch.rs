@@ -8,7 +8,8 @@
 //!
 //! `RESYNC` goes to every authenticated connection only when resuming is
 //! impossible: the service refused the cursor (expired — older than its
-//! retention, or from a wiped store). A live stream's first cursor comes
+//! retention, or from a wiped store), or clients connected before the first
+//! stream opened (there is no cursor from before it). A live stream's first cursor comes
 //! in its response header (`mangahub-cursor`), so a break before the first
 //! event resumes too. The stream is then re-opened live, and `RESYNC`
 //! is sent once it is up, so a client that re-reads misses nothing after it.
@@ -121,11 +122,22 @@ pub async fn run(
     }
 }
 
-/// Logs a stream that just opened and, when it is live after an earlier
-/// stream (no cursor to resume from), tells every client to resync.
+/// Logs a stream that just opened and tells every client to resync when it
+/// is live with clients that may have missed changes: after an earlier
+/// stream (no cursor to resume from), or as the first stream while clients
+/// were already connected (e.g. the service was down when the gateway
+/// started): what changed between their connecting and now reaches them
+/// neither live nor by a replay.
 fn announce(fanout: &Fanout, opened_before: bool, resumed: bool) {
     if !opened_before {
         tracing::info!("event stream up; gateway ready");
+        if fanout.registry.connected_users() > 0 {
+            metrics::counter!("gateway_resyncs_total").increment(1);
+            tracing::warn!(
+                "clients connected before the first event stream opened; asking them to resync"
+            );
+            fanout.broadcast_system(SystemCode::Resync, RESYNC_MESSAGE);
+        }
         return;
     }
     metrics::counter!("gateway_watch_reconnects_total").increment(1);

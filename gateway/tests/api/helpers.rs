@@ -89,7 +89,33 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     let db = dir.path().join("progress.db");
     let progress = Progress::start("127.0.0.1:0".parse().expect("address"), &db).await;
-    let url = format!("http://{}", progress.addr);
+    let mut app = spawn_gateway(progress.addr, dir, db, extra);
+    app.progress = Some(progress);
+    assert!(
+        tokio::time::timeout(WAIT, app.readiness.wait())
+            .await
+            .expect("gateway becomes ready in time"),
+        "gateway stopped before it was ready"
+    );
+    app
+}
+
+/// The gateway alone, in front of a progress service that is not running
+/// yet: start it with `Progress::start(addr, &app.db)` on the returned address.
+pub async fn spawn_gateway_first() -> (TestApp, SocketAddr) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let db = dir.path().join("progress.db");
+    let addr = SocketAddr::from(([127, 0, 0, 1], testkit::free_port().expect("free port")));
+    (spawn_gateway(addr, dir, db, &[]), addr)
+}
+
+fn spawn_gateway(
+    progress: SocketAddr,
+    dir: tempfile::TempDir,
+    db: PathBuf,
+    extra: &[&str],
+) -> TestApp {
+    let url = format!("http://{progress}");
     let mut args = vec![
         "gateway",
         "--listen",
@@ -114,22 +140,16 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let listener = gateway::bind(&config).expect("bind gateway");
     let gw = gateway::Gateway::build(listener, config).expect("gateway builds");
     let addr = gw.local_addr().expect("gateway address");
-    let mut readiness = gw.readiness();
+    let readiness = gw.readiness();
     let admin = gw.admin_addr().expect("admin port");
     let (stop, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(gw.run(async move {
         let _ = rx.await;
     }));
-    assert!(
-        tokio::time::timeout(WAIT, readiness.wait())
-            .await
-            .expect("gateway becomes ready in time"),
-        "gateway stopped before it was ready"
-    );
     TestApp {
         addr,
         admin,
-        progress: Some(progress),
+        progress: None,
         db,
         readiness,
         stop: Some(stop),

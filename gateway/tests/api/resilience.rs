@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mangahub_proto::v1 as pb;
 use serde_json::json;
 
-use crate::helpers::{Progress, WAIT, spawn_app};
+use crate::helpers::{Progress, WAIT, spawn_app, spawn_gateway_first};
 
 const QUIET: Duration = Duration::from_millis(400);
 
@@ -143,4 +143,35 @@ async fn a_cursor_the_service_cannot_resume_from_gives_one_resync() {
     );
     assert_eq!(event["cursor"], ack["cursor"]);
     phone.assert_silent(QUIET).await;
+}
+
+/// The service is down when the gateway starts, and a client connects
+/// meanwhile. The gateway's first stream starts live (it has no cursor from
+/// before), so changes made between the client's connecting and the stream
+/// opening would reach it neither live nor by a replay: it is told `RESYNC`
+/// once the stream is up. A client connecting after that is not.
+#[tokio::test]
+async fn clients_connected_before_the_first_stream_opened_are_told_to_resync() {
+    let (mut app, addr) = spawn_gateway_first().await;
+    let mut tablet = app.authed("uma").await;
+    assert!(!app.readiness.is_ready(), "no service yet");
+
+    app.progress = Some(Progress::start(addr, &app.db).await);
+    let system = tokio::time::timeout(WAIT, tablet.recv_type("system"))
+        .await
+        .expect("RESYNC in time");
+    assert_eq!(system["data"]["code"], "RESYNC", "{system}");
+    assert!(
+        tokio::time::timeout(WAIT, app.readiness.wait())
+            .await
+            .expect("ready in time")
+    );
+
+    let mut phone = app.authed("uma").await;
+    let ack = phone.update(1, 1.0).await;
+    let event = tablet.recv().await;
+    assert_eq!(event["type"], "progress_broadcast", "{event}");
+    assert_eq!(event["cursor"], ack["cursor"]);
+    phone.assert_silent(QUIET).await;
+    tablet.assert_silent(QUIET).await;
 }

@@ -17,21 +17,13 @@ mod sync;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::report;
+use super::processes::{Binaries, Signal};
+use super::report::{self, Table};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     Restart,
     Sync,
-}
-
-/// How the progress service is stopped before it starts again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Signal {
-    /// SIGTERM: a deploy; the service drains and closes its streams.
-    Term,
-    /// SIGKILL: a crash; streams break mid-flight.
-    Kill,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,7 +39,8 @@ pub struct CatchUpArgs {
     /// Restart: idle authenticated clients on the gateway, each its own user.
     #[arg(long, default_value_t = 10_000)]
     pub clients: usize,
-    /// Restart: how the service is stopped; a list runs each in turn (term,kill).
+    /// Restart: how the progress service is stopped before it starts again;
+    /// a list runs each in turn (term,kill).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "term")]
     pub signal: Vec<Signal>,
     /// Restart: finally one more restart (SIGTERM) onto an empty database, a
@@ -97,7 +90,7 @@ pub struct CatchUpArgs {
 }
 
 pub fn run(args: &CatchUpArgs) -> anyhow::Result<()> {
-    let binaries = stack::Binaries::locate(args.bin_dir.as_deref())?;
+    let binaries = Binaries::locate(args.bin_dir.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -120,75 +113,4 @@ pub fn run(args: &CatchUpArgs) -> anyhow::Result<()> {
 
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(0, |n| n.get())
-}
-
-/// A results table: a title, a header, rows, and notes under it.
-pub struct Table {
-    scenario: &'static str,
-    title: String,
-    header: Vec<&'static str>,
-    rows: Vec<Vec<String>>,
-    notes: Vec<String>,
-}
-
-impl Table {
-    fn new(scenario: &'static str, title: String, header: &[&'static str]) -> Self {
-        Self {
-            scenario,
-            title,
-            header: header.to_vec(),
-            rows: Vec::new(),
-            notes: Vec::new(),
-        }
-    }
-
-    fn row(&mut self, cells: Vec<String>) {
-        self.rows.push(cells);
-    }
-
-    fn note(&mut self, text: String) {
-        self.notes.push(text);
-    }
-
-    #[allow(clippy::print_stdout)]
-    fn print(&self) {
-        println!("\n{}", self.title);
-        println!("| {} |", self.header.join(" | "));
-        println!("|{}", "---|".repeat(self.header.len()));
-        for row in &self.rows {
-            println!("| {} |", row.join(" | "));
-        }
-        for note in &self.notes {
-            println!("- {note}");
-        }
-    }
-
-    /// One CSV row per cell, keyed by the row's first cell (and its round,
-    /// when the table has that column).
-    fn csv_rows(&self) -> Vec<Vec<String>> {
-        let clean = |s: &str| s.replace(',', ";");
-        let key_cells = if self.header.get(1) == Some(&"round") {
-            2
-        } else {
-            1
-        };
-        let mut out = Vec::new();
-        for row in &self.rows {
-            let key = row
-                .iter()
-                .take(key_cells)
-                .map(String::as_str)
-                .collect::<Vec<_>>()
-                .join(" round ");
-            for (column, value) in self.header.iter().zip(row).skip(key_cells) {
-                out.push(vec![
-                    self.scenario.to_owned(),
-                    clean(&key),
-                    clean(column),
-                    clean(value),
-                ]);
-            }
-        }
-        out
-    }
 }

@@ -19,8 +19,9 @@ use mangahub_proto::v1::progress_service_client::ProgressServiceClient;
 use serde::Deserialize;
 use tonic::transport::Channel;
 
-use super::stack::{self, Binaries, Stack, StackOptions};
+use super::stack::{Stack, StackOptions};
 use super::{CatchUpArgs, Table};
+use crate::bench::processes::{self, Binaries};
 use crate::bench::stats::Samples;
 use crate::bench::tcp::{self, Conn, GatewayArgs};
 
@@ -223,7 +224,7 @@ async fn measure(
             probe_resync += drain_probe(probe).await?;
         }
         let after = stack.gateway_metrics().await?;
-        let delta = |name: &str| stack::metric(&after, name) - stack::metric(&before, name);
+        let delta = |name: &str| processes::metric(&after, name) - processes::metric(&before, name);
         rounds.push(Round {
             signal,
             empty_database,

@@ -4,150 +4,15 @@
 //! the same port and database.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, Command};
 use tonic::transport::{Channel, Endpoint};
-use tonic_health::pb::HealthCheckRequest;
-use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::health_client::HealthClient;
 
-use super::Signal;
+use crate::bench::processes::{self, Binaries, Process, Signal, loopback};
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Between health probes while the service starts: the resolution of the
-/// "answered SERVING" instant.
-const HEALTH_POLL: Duration = Duration::from_millis(2);
-const HEALTH_SERVICE: &str = "mangahub.progress.v1.ProgressService";
-/// Rate limits of the gateway here: far above anything the bench sends.
-const RATE_LIMIT: &str = "1000000";
-
-/// Where the two service binaries are.
-#[derive(Debug, Clone)]
-pub struct Binaries {
-    progress: PathBuf,
-    gateway: PathBuf,
-}
-
-impl Binaries {
-    /// `dir`, or the directory of the running `mangahub` (the cargo target
-    /// dir, where a workspace build puts all three).
-    pub fn locate(dir: Option<&Path>) -> anyhow::Result<Self> {
-        let dir = match dir {
-            Some(dir) => dir.to_path_buf(),
-            None => std::env::current_exe()
-                .context("locating the mangahub executable")?
-                .parent()
-                .context("the mangahub executable has no directory")?
-                .to_path_buf(),
-        };
-        let find = |name: &str| {
-            let path = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-            if path.is_file() {
-                Ok(path)
-            } else {
-                bail!(
-                    "{} is missing; this bench starts the real services: run `cargo build --release --workspace` (or pass --bin-dir)",
-                    path.display()
-                )
-            }
-        };
-        Ok(Self {
-            progress: find("progress-service")?,
-            gateway: find("gateway")?,
-        })
-    }
-}
-
-/// One child process with its output in a log file, killed on drop.
-pub struct Process {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn spawn(name: String, binary: &Path, args: &[String], log: PathBuf) -> anyhow::Result<Self> {
-        let file =
-            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(binary)
-            .args(args)
-            // Only the flags given here configure it, not this shell's settings.
-            .env_clear()
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone()?)
-            .stderr(file)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        Ok(Self { name, child, log })
-    }
-
-    pub fn pid(&self) -> Option<u32> {
-        self.child.id()
-    }
-
-    fn signal(&mut self, signal: Signal) -> anyhow::Result<()> {
-        match signal {
-            // No libc here (the workspace forbids unsafe code): kill(1) sends it.
-            Signal::Term => {
-                let pid = self.pid().context("already exited")?;
-                let status = std::process::Command::new("kill")
-                    .args(["-TERM", &pid.to_string()])
-                    .status()
-                    .context("running kill")?;
-                if !status.success() {
-                    bail!("kill -TERM {pid} ({}) failed", self.name);
-                }
-            }
-            Signal::Kill => self.child.start_kill()?,
-        }
-        Ok(())
-    }
-
-    async fn wait_exit(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        match tokio::time::timeout(timeout, self.child.wait()).await {
-            Ok(status) => {
-                status?;
-                Ok(())
-            }
-            Err(_) => bail!("{} did not exit within {timeout:?}", self.name),
-        }
-    }
-
-    /// An error when the process has exited, with the end of its log.
-    fn check_running(&mut self) -> anyhow::Result<()> {
-        match self.child.try_wait()? {
-            None => Ok(()),
-            Some(status) => bail!(
-                "{} exited ({status}); last lines of {}:\n{}",
-                self.name,
-                self.log.display(),
-                self.log_tail(30)
-            ),
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(lines).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-
-    /// SIGTERM, then SIGKILL if it has not exited within `timeout`.
-    async fn stop(mut self, timeout: Duration) {
-        if self.signal(Signal::Term).is_ok() && self.wait_exit(timeout).await.is_ok() {
-            return;
-        }
-        let _ = self.child.start_kill();
-        let _ = self.wait_exit(timeout).await;
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 pub struct StackOptions {
@@ -187,9 +52,7 @@ impl Stack {
         let dir = tempfile::Builder::new()
             .prefix("mangahub-bench-catch-up")
             .tempdir()?;
-        let jwt_secret: String = (0..32)
-            .map(|_| format!("{:02x}", rand::random::<u8>()))
-            .collect();
+        let jwt_secret = processes::random_secret();
         let mut stack = Self {
             dir,
             binaries: binaries.clone(),
@@ -207,30 +70,12 @@ impl Stack {
         stack.spawn_progress()?;
         stack.wait_serving(spawned).await?;
 
-        let mut args: Vec<String> = [
-            "--listen",
-            &stack.gateway.to_string(),
-            "--progress-url",
-            &format!("http://{}", stack.grpc),
-            "--jwt-secret",
+        let mut args = processes::gateway_args(
+            stack.gateway,
+            &stack.progress_url(),
             &stack.jwt_secret,
-            "--metrics-listen",
-            &stack.gateway_admin.to_string(),
-            "--rate-limit-per-sec",
-            RATE_LIMIT,
-            "--rate-limit-burst",
-            RATE_LIMIT,
-            "--rate-limit-user-per-sec",
-            RATE_LIMIT,
-            "--rate-limit-user-burst",
-            RATE_LIMIT,
-            // Idle clients stay connected through the whole run.
-            "--idle-timeout",
-            "1h",
-        ]
-        .into_iter()
-        .map(str::to_owned)
-        .collect();
+            stack.gateway_admin,
+        );
         if let Some(max) = options.watch_retry_max {
             args.push("--watch-retry-max".into());
             args.push(humantime::format_duration(max).to_string());
@@ -242,21 +87,13 @@ impl Stack {
             &args,
             log,
         )?);
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Some(gateway) = &mut stack.gateway_process {
-                gateway.check_running()?;
-            }
-            if matches!(
-                testkit::http_get(stack.gateway_admin, "/readyz").await,
-                Ok((200, _))
-            ) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the gateway was not ready within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Some(gateway) = &mut stack.gateway_process {
+            processes::wait_ready(
+                gateway,
+                stack.gateway_admin,
+                Instant::now() + STARTUP_TIMEOUT,
+            )
+            .await?;
         }
         Ok(stack)
     }
@@ -355,52 +192,14 @@ impl Stack {
         Ok(())
     }
 
-    /// Probes gRPC health every few ms until SERVING; returns that moment
-    /// and the channel that got the answer.
+    /// Waits until the service answers SERVING; returns that moment and
+    /// the channel that got the answer.
     async fn wait_serving(&mut self, since: Instant) -> anyhow::Result<(Instant, Channel)> {
-        let endpoint = Endpoint::from_shared(self.progress_url())?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_millis(200));
-        let deadline = since + STARTUP_TIMEOUT;
-        let mut channel: Option<Channel> = None;
-        loop {
-            if let Some(progress) = &mut self.progress {
-                progress.check_running()?;
-            }
-            if channel.is_none() {
-                channel = endpoint.connect().await.ok();
-            }
-            if let Some(ch) = &channel {
-                let answer = HealthClient::new(ch.clone())
-                    .check(HealthCheckRequest {
-                        service: HEALTH_SERVICE.into(),
-                    })
-                    .await;
-                match answer {
-                    Ok(reply) if reply.get_ref().status == ServingStatus::Serving as i32 => {
-                        return Ok((Instant::now(), ch.clone()));
-                    }
-                    Ok(_) => {}
-                    // A channel to the old process, or one that broke: reconnect.
-                    Err(_) => channel = None,
-                }
-            }
-            if Instant::now() > deadline {
-                bail!("the progress service did not answer SERVING within {STARTUP_TIMEOUT:?}");
-            }
-            tokio::time::sleep(HEALTH_POLL).await;
-        }
+        let url = self.progress_url();
+        let progress = self
+            .progress
+            .as_mut()
+            .context("the service is not running")?;
+        processes::wait_serving(progress, &url, since + STARTUP_TIMEOUT).await
     }
-}
-
-fn loopback() -> anyhow::Result<SocketAddr> {
-    Ok(SocketAddr::from(([127, 0, 0, 1], testkit::free_port()?)))
-}
-
-/// A counter's total over its label sets in a Prometheus text page (0 when absent).
-pub fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.split(['{', ' ']).next() == Some(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }

@@ -19,8 +19,9 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tonic::transport::Channel;
 
-use super::stack::{Binaries, Stack, StackOptions};
+use super::stack::{Stack, StackOptions};
 use super::{CatchUpArgs, Table};
+use crate::bench::processes::Binaries;
 use crate::bench::stats::Samples;
 use crate::bench::tcp::{self, Conn, GatewayArgs};
 

@@ -57,12 +57,16 @@ pub struct Cache {
     max_fence_age_us: i64,
 }
 
+/// Redis down, or up but not serving yet (`LOADING` while it replays its
+/// AOF after a restart, `TRYAGAIN`, …: the errors Redis means as "wait and
+/// retry"), is `Unavailable`; anything else is a bug or a broken script.
 pub fn redis_error(err: redis::RedisError) -> StoreError {
     if err.is_io_error()
         || err.is_connection_dropped()
         || err.is_connection_refusal()
         || err.is_timeout()
         || err.is_unrecoverable_error()
+        || matches!(err.retry_method(), redis::RetryMethod::WaitAndRetry)
     {
         StoreError::Unavailable(format!("redis: {err}"))
     } else {
@@ -268,3 +272,24 @@ impl Cache {
 
 /// An unflushed change: manga id, the record (`None`: deleted), position.
 pub type Pending = (i64, Option<Progress>, i64);
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn a_redis_still_loading_its_data_is_unavailable_not_internal() {
+        let loading = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::BusyLoading),
+            "Redis is loading the dataset in memory",
+        ));
+        assert!(matches!(redis_error(loading), StoreError::Unavailable(_)));
+        let script = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::ResponseError),
+            "ERR Error running script",
+        ));
+        assert!(matches!(redis_error(script), StoreError::Internal(_)));
+    }
+}
