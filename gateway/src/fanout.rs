@@ -59,6 +59,11 @@ impl Fanout {
         self.registry.unsubscribe(channel, conn_id);
     }
 
+    /// True while any authenticated connection is here.
+    pub fn has_connections(&self) -> bool {
+        self.registry.has_connections()
+    }
+
     /// Every authenticated connection.
     pub fn for_each_connection(&self, f: impl FnMut(&Conn)) {
         self.registry.for_each_connection(f);

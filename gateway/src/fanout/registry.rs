@@ -135,6 +135,11 @@ impl Registry {
         }
     }
 
+    /// True while any authenticated connection is registered.
+    pub fn has_connections(&self) -> bool {
+        !self.users.is_empty()
+    }
+
     /// The name last seen in a token of `user_id`, while it is connected.
     pub fn username(&self, user_id: &str) -> Option<Arc<str>> {
         self.users.get(user_id)?.username.clone()

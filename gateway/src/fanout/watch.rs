@@ -131,7 +131,7 @@ pub async fn run(
 fn announce(fanout: &Fanout, opened_before: bool, resumed: bool) {
     if !opened_before {
         tracing::info!("event stream up; gateway ready");
-        if fanout.registry.connected_users() > 0 {
+        if fanout.has_connections() {
             metrics::counter!("gateway_resyncs_total").increment(1);
             tracing::warn!(
                 "clients connected before the first event stream opened; asking them to resync"
