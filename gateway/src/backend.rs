@@ -89,7 +89,7 @@ impl Replica {
                 tracing::warn!(replica = %self.url, "progress service replica unhealthy");
             }
         }
-        metrics::gauge!("gateway_replica_healthy", "replica" => self.url.to_string())
+        metrics::gauge!("gateway_replica_healthy", "replica" => self.url.clone())
             .set(if healthy { 1.0 } else { 0.0 });
     }
 
@@ -248,7 +248,7 @@ impl Replicas {
         };
         metrics::counter!(
             "gateway_replica_calls_total",
-            "replica" => replica.url.to_string(),
+            "replica" => replica.url.clone(),
             "method" => method,
             "code" => code_label(code),
         )
