@@ -89,8 +89,8 @@ impl Replica {
                 tracing::warn!(replica = %self.url, "progress service replica unhealthy");
             }
         }
-        metrics::gauge!("gateway_replica_healthy", "replica" => self.url.clone())
-            .set(if healthy { 1.0 } else { 0.0 });
+        let value = if healthy { 1.0 } else { 0.0 };
+        metrics::gauge!("gateway_replica_healthy", "replica" => self.url.clone()).set(value);
     }
 
     /// A call found the replica unreachable: stop sending it traffic until
