@@ -122,18 +122,24 @@ fn check_accepted(token: &str, identity: &Identity, before: u64, after: u64) {
             );
         }
     }
+    // `user_id` when present (a string or an integer; anything else is
+    // refused), else `sub`.
     let claimed = match &claims.user_id {
         Some(Value::String(s)) => Some(s.clone()),
-        Some(Value::Number(n)) => Some(n.to_string()),
-        _ => None,
-    }
-    .or_else(|| {
-        claims
+        Some(Value::Number(n)) => {
+            assert!(
+                n.is_i64() || n.is_u64(),
+                "a non-integer user id accepted: {claims:?}"
+            );
+            Some(n.to_string())
+        }
+        Some(other) => panic!("a user id {other} accepted: {claims:?}"),
+        None => claims
             .sub
             .as_ref()
             .and_then(Value::as_str)
-            .map(str::to_owned)
-    });
+            .map(str::to_owned),
+    };
     assert_eq!(claimed.as_deref(), Some(&*identity.user_id), "{claims:?}");
     let valid = |s: &str| !s.is_empty() && !s.chars().any(char::is_control);
     assert!(

@@ -223,12 +223,14 @@ impl Authenticator {
             }
             Some(_) => return Err(AuthError::Claims),
         }
+        // `user_id` when present (a string, or an integer as its digits:
+        // `12345.0` is no user id), else `sub`.
         let user_id = match claims.user_id {
+            None => claims.sub,
             Some(serde_json::Value::String(s)) => Some(s),
-            Some(serde_json::Value::Number(n)) => Some(n.to_string()),
-            _ => None,
+            Some(serde_json::Value::Number(n)) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+            Some(_) => return Err(AuthError::Claims),
         }
-        .or(claims.sub)
         .filter(|u| validate_user_id(u).is_ok())
         .ok_or(AuthError::NoUser)?;
         let username = claims.username.filter(|u| !u.is_empty());

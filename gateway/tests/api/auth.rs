@@ -54,6 +54,14 @@ async fn a_good_token_authenticates() {
         reply,
         json!({"type":"auth_response","success":true,"user_id":"bob"})
     );
+
+    // An integer user id is its digits.
+    let mut c = app.client().await;
+    let numeric = hs256(&json!({"user_id":12345,"exp":now()+60}));
+    let reply = c
+        .request(json!({"type":"auth","data":{"token":numeric}}))
+        .await;
+    assert_eq!(reply["user_id"], "12345", "{reply}");
 }
 
 #[tokio::test]
@@ -75,6 +83,13 @@ async fn bad_tokens_are_rejected_and_the_connection_closed() {
 
     let no_user = hs256(&json!({"username":"nobody","exp":now()+3600}));
     assert_rejected(&app, &no_user).await;
+
+    // A user id that is not a string or an integer is refused, not turned
+    // into text (`12345.0`) or passed over for `sub`.
+    for bad in [json!(12345.0), json!(true), json!({"id":1})] {
+        let token = hs256(&json!({"user_id":bad,"sub":"someone","exp":now()+3600}));
+        assert_rejected(&app, &token).await;
+    }
 
     // Contract §6: no control characters in user ids.
     let control = hs256(&json!({"user_id":"mal\u{0}lory","exp":now()+3600}));

@@ -82,15 +82,30 @@ pub fn parse_hash(
         .map_err(|_| bad("updated_at"))?
         .with_timezone(&Utc);
     let updated_at = domain::truncate_to_micros(updated_at);
+    // The hash must be this record's, within the record's limits.
+    if fields.get("user_id").is_some_and(|u| *u != key.user_id) {
+        return Err(bad("user_id"));
+    }
+    if fields
+        .get("manga_id")
+        .is_some_and(|m| m.parse::<i64>().ok() != Some(key.manga_id))
+    {
+        return Err(bad("manga_id"));
+    }
+    let page: i64 = field("page")?.parse().map_err(|_| bad("page"))?;
+    let version: i64 = field("version")?.parse().map_err(|_| bad("version"))?;
+    if version < 1 {
+        return Err(bad("version"));
+    }
     Ok(Cached {
         progress: Progress {
             key: key.clone(),
             chapter: field("chapter")?
                 .parse::<Chapter>()
                 .map_err(|_| bad("chapter"))?,
-            page: field("page")?.parse().map_err(|_| bad("page"))?,
+            page: domain::validate_page(page).map_err(|_| bad("page"))?,
             status: field("status")?.parse().map_err(|_| bad("status"))?,
-            version: field("version")?.parse().map_err(|_| bad("version"))?,
+            version,
             updated_at,
             device: fields.get("device").filter(|d| !d.is_empty()).cloned(),
         },
@@ -280,6 +295,27 @@ mod tests {
         fields.insert("updated_at".into(), "2023-11-14T22:13:20.123456789Z".into());
         let cached = parse_hash(&p.key, &fields).expect("parses");
         assert_eq!(cached.progress, p);
+    }
+
+    #[test]
+    fn a_hash_of_another_record_or_out_of_range_values_is_refused() {
+        let p = record();
+        let fields: HashMap<String, String> = hash_fields(&p)
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        for (name, value) in [
+            ("user_id", "someone-else"),
+            ("manga_id", "7"),
+            ("page", "-1"),
+            ("page", "100001"),
+            ("version", "0"),
+        ] {
+            let mut bad = fields.clone();
+            bad.insert(name.into(), value.into());
+            let err = parse_hash(&p.key, &bad).expect_err(name);
+            assert!(err.to_string().contains(name), "{name}: {err}");
+        }
     }
 
     #[test]
