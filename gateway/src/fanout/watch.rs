@@ -9,14 +9,15 @@
 //! `RESYNC` goes to every authenticated connection only when resuming is
 //! impossible: the service refused the cursor (expired — older than its
 //! retention, or from a wiped store), or clients connected before the first
-//! stream opened (there is no cursor from before it). A live stream's first cursor comes
-//! in its response header (`mangahub-cursor`), so a break before the first
-//! event resumes too. The stream is then re-opened live, and `RESYNC`
+//! stream opened (there is no cursor from before it). A live stream's first
+//! cursor comes in its response header (`mangahub-cursor`), so a break before
+//! the first event resumes too. The stream is then re-opened live, and `RESYNC`
 //! is sent once it is up, so a client that re-reads misses nothing after it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use mangahub_ops::Backoff;
 use mangahub_proto::WATCH_CURSOR_HEADER;
 use mangahub_proto::v1 as pb;
 use tokio::sync::watch;
@@ -24,8 +25,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status, Streaming};
 
 use super::Fanout;
-use mangahub_ops::Backoff;
-
 use crate::backend::Replicas;
 use crate::protocol::SystemCode;
 
