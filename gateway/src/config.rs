@@ -20,6 +20,18 @@ pub struct Config {
     #[arg(long, env = "GATEWAY_LISTEN", default_value = "0.0.0.0:8081")]
     pub listen: SocketAddr,
 
+    /// WebSocket listen address: `/ws` speaks the same protocol, one JSON
+    /// message per text frame, and `/` serves the live progress page; `off`
+    /// disables it. TLS (`wss://`) with the same --tls-cert/--tls-key.
+    #[arg(long, env = "WS_LISTEN", default_value = "0.0.0.0:8082", value_parser = parse_listen)]
+    pub ws_listen: Listen,
+
+    /// Extra origins (`scheme://host[:port]`, comma-separated; `*` for any)
+    /// whose pages may open WebSocket connections. The gateway's own page
+    /// and clients that send no `Origin` (apps, CLIs) are always allowed.
+    #[arg(long, env = "WS_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub ws_allowed_origins: Vec<String>,
+
     /// Listen backlog of the TCP port: connections the kernel completes before
     /// the gateway accepts them (reconnect storms). Capped by the kernel at
     /// net.core.somaxconn; a larger value is logged and silently lowered.
@@ -137,6 +149,31 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// A listen address that can be switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listen {
+    On(SocketAddr),
+    Off,
+}
+
+impl Listen {
+    pub fn addr(self) -> Option<SocketAddr> {
+        match self {
+            Listen::On(addr) => Some(addr),
+            Listen::Off => None,
+        }
+    }
+}
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Listen::Off);
+    }
+    text.parse()
+        .map(Listen::On)
+        .map_err(|err| format!("{err}: expected host:port or `off`"))
+}
+
 impl Config {
     pub(crate) fn max_message_bytes(&self) -> usize {
         usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX)
@@ -191,9 +228,18 @@ mod tests {
             "OUTBOUND_QUEUE_BYTES",
             "LOG_FORMAT",
             "TLS_CERT",
+            "WS_LISTEN",
+            "WS_ALLOWED_ORIGINS",
         ] {
             assert!(help.contains(name), "--help lacks {name}");
         }
+    }
+
+    #[test]
+    fn the_websocket_port_can_be_switched_off() {
+        let config = Config::try_parse_from(["gateway", "--ws-listen", "off"]).expect("config");
+        assert_eq!(config.ws_listen.addr(), None);
+        assert!(Config::try_parse_from(["gateway", "--ws-listen", "nowhere"]).is_err());
     }
 
     #[test]
@@ -213,6 +259,10 @@ mod tests {
         );
         assert_eq!(config.rate_limit_per_sec, 50);
         assert_eq!(config.listen_backlog, 4096);
+        assert_eq!(
+            config.ws_listen,
+            super::Listen::On(([0, 0, 0, 0], 8082).into())
+        );
         assert_eq!(config.user_rate(), (200, 400));
     }
 }
