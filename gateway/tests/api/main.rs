@@ -1,14 +1,11 @@
 //! Black-box tests of the gateway: real sockets, the real progress service.
+//! The scenarios of contract §5 run over both transports (`tcp`, `ws`); the
+//! rest concern one port or one transport.
 
 mod admin;
-mod auth;
 mod backlog;
-mod devices;
-mod fanout;
 mod helpers;
-mod limits;
-mod requests;
-mod resilience;
-mod scenarios;
-mod sync;
+mod tcp;
 mod tls;
+mod websocket;
+mod ws;
