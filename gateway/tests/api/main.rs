@@ -2,6 +2,9 @@
 //! The scenarios of contract §5 run over both transports (`tcp`, `ws`); the
 //! rest concern one port or one transport.
 
+// On purpose: `tcp` and `ws` load the same scenario files, once per transport.
+#![allow(clippy::duplicate_mod)]
+
 mod admin;
 mod backlog;
 mod helpers;
