@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, token};
+use super::helpers::{spawn_app, token};
 
 #[tokio::test]
 async fn the_device_is_stored_and_shown_on_every_record() {
@@ -68,4 +68,23 @@ async fn a_bad_device_name_fails_the_auth_and_closes() {
     // 64 bytes is fine, multi-byte characters included.
     app.authed_device("kay", &"é".repeat(32)).await;
     app.authed_device("kay", &"x".repeat(64)).await;
+}
+
+#[tokio::test]
+async fn a_device_on_the_other_transport_is_the_same_users_device() {
+    let app = spawn_app().await;
+    let mut here = app.authed("both-ways").await;
+    let mut there = app.other_client().await;
+    let auth = there
+        .request(json!({"type":"auth","data":{"token":token("both-ways"),"device":"web"}}))
+        .await;
+    assert_eq!(auth["success"], true, "{auth}");
+    here.update(7, 3.0).await;
+    let event = there.recv_type("progress_broadcast").await;
+    assert_eq!(event["channel"], "user");
+    assert_eq!(event["data"]["chapter"], 3);
+    there.update(7, 4.0).await;
+    let event = here.recv_type("progress_broadcast").await;
+    assert_eq!(event["data"]["chapter"], 4);
+    assert_eq!(event["data"]["device"], "web");
 }
