@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tokio::net::TcpStream;
 
 use transport::Transport;
-pub use transport::over_websocket;
+pub use transport::{WS_PATH, over_websocket};
 
 /// Enough for any reply the benches expect; longer messages still arrive
 /// whole (the buffer grows to them).
