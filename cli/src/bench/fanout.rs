@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 use mangahub_model::Chapter;
 
 use super::conns::{self, Conn, GatewayArgs, Transport, TransportArgs};
+use super::procfs;
 use super::report::Table;
 use crate::client::conn::{REPLY_TIMEOUT, Reply};
 
@@ -55,6 +56,10 @@ pub struct FanoutArgs {
     /// Most events per subscriber published but not yet received.
     #[arg(long, default_value_t = 1000)]
     pub max_lag: u64,
+    /// The server's process ids (gateway, progress service), for the CPU
+    /// they use in each phase.
+    #[arg(long, value_delimiter = ',')]
+    pub pid: Vec<u32>,
 }
 
 pub fn run(args: &FanoutArgs) -> anyhow::Result<()> {
@@ -111,14 +116,24 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
             "lost",
             "disconnected",
             "rejected",
+            "server CPU %",
+            "bench CPU %",
+            "server ns / delivery",
+            "bench ns / delivery",
         ],
     );
     for round in 1..=args.rounds.max(1) {
         for set in &sets {
             eprintln!("{}: round {round}…", set.transport.name());
             publisher.phase(set, args.warmup, args).await?;
+            let cpu = Cpu::now(&args.pid)?;
             let phase = publisher.phase(set, args.duration, args).await?;
+            let (server, bench) = cpu.since()?;
             let secs = phase.elapsed.as_secs_f64();
+            let per_delivery = |cpu: Duration| match phase.delivered {
+                0 => "-".to_owned(),
+                n => format!("{:.0}", cpu.as_nanos() as f64 / n as f64),
+            };
             table.row(vec![
                 format!("{} {}", set.len(), set.transport.name()),
                 round.to_string(),
@@ -128,15 +143,57 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
                 phase.lost.to_string(),
                 phase.disconnected.to_string(),
                 phase.rejected.to_string(),
+                server.map_or("-".into(), |cpu| percent(cpu, phase.elapsed)),
+                percent(bench, phase.elapsed),
+                server.map_or("-".into(), per_delivery),
+                per_delivery(bench),
             ]);
         }
     }
+    table.note(
+        "CPU: of one core, over the phase (first publish to last event); the server's (its processes together) with --pid; the bench shares the machine".into(),
+    );
     if sets.len() > 1 {
         table.note(
             "each set has its own manga; the other set's subscribers stay connected and idle meanwhile".into(),
         );
     }
     Ok(table)
+}
+
+/// CPU time used so far by the server's processes and by this one.
+struct Cpu {
+    pids: Vec<u32>,
+    server: Duration,
+    bench: Duration,
+}
+
+impl Cpu {
+    fn now(pids: &[u32]) -> anyhow::Result<Self> {
+        let mut server = Duration::ZERO;
+        for &pid in pids {
+            server += procfs::cpu_time(Some(pid))?;
+        }
+        Ok(Self {
+            pids: pids.to_vec(),
+            server,
+            bench: procfs::cpu_time(None)?,
+        })
+    }
+
+    /// CPU used since: the server's (`None` without pids), and this process's.
+    fn since(&self) -> anyhow::Result<(Option<Duration>, Duration)> {
+        let now = Self::now(&self.pids)?;
+        let server = (!self.pids.is_empty()).then(|| now.server.saturating_sub(self.server));
+        Ok((server, now.bench.saturating_sub(self.bench)))
+    }
+}
+
+fn percent(cpu: Duration, over: Duration) -> String {
+    format!(
+        "{:.0}",
+        100.0 * cpu.as_secs_f64() / over.as_secs_f64().max(f64::EPSILON)
+    )
 }
 
 /// One transport's subscribers, each reading in its own task.

@@ -14,10 +14,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 
 use super::conns::{self, GatewayArgs, Transport, TransportArgs};
 use super::processes::Binaries;
+use super::procfs;
 use super::report::Table;
 use super::stack::{Stack, StackOptions};
 
@@ -79,7 +80,11 @@ pub fn run(args: &IdleArgs) -> anyhow::Result<()> {
     let gateway = if args.start {
         "a fresh gateway for each transport".to_owned()
     } else {
-        format!("the gateway at {}", args.gateway.addr)
+        let addrs: Vec<String> = transports
+            .iter()
+            .map(|&t| args.transport.gateway(&args.gateway, t).addr)
+            .collect();
+        format!("the gateway at {}", addrs.join(", "))
     };
     let mut table = Table::new(
         "idle",
@@ -134,7 +139,7 @@ async fn measure(
     transport: Transport,
     pid: Option<u32>,
 ) -> anyhow::Result<Vec<String>> {
-    let before = pid.map(vm_rss_kib).transpose()?;
+    let before = pid.map(procfs::rss_kib).transpose()?;
     let started = Instant::now();
     let prefix = format!("bench-idle-{}", conns::run_id());
     let mut held = conns::open_many(gateway, &prefix, args.connections).await?;
@@ -146,7 +151,7 @@ async fn measure(
         args.settle
     );
     tokio::time::sleep(args.settle).await;
-    let after = pid.map(vm_rss_kib).transpose()?;
+    let after = pid.map(procfs::rss_kib).transpose()?;
     let mut open = 0;
     for conn in &mut held {
         open += usize::from(conn.still_open().await);
@@ -169,16 +174,4 @@ async fn measure(
     ];
     tokio::time::sleep(args.hold).await;
     Ok(row)
-}
-
-/// `VmRSS` of a process in KiB.
-fn vm_rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .with_context(|| format!("no VmRSS in {path}"))
 }

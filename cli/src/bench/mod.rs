@@ -7,6 +7,7 @@ mod fanout;
 mod grpc;
 mod idle;
 mod processes;
+mod procfs;
 mod report;
 mod stack;
 mod stats;

@@ -41,7 +41,7 @@ pub struct ClientArgs {
     /// Name this device (1..64 bytes); stored with the records it changes.
     #[arg(long, env = "MANGAHUB_DEVICE", global = true)]
     pub device: Option<String>,
-    /// Print the server's JSON lines instead of readable text.
+    /// Print the server's JSON messages as received instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
