@@ -9,6 +9,7 @@
 //   EXPECT <manga> <chapter>      -> SEEN <ms>: the row shows that chapter and is
 //                                    highlighted within 1 s of reading the line
 //   GONE <manga>                  -> GONE <ms>: the row disappeared within 1 s
+//   CALM                          -> CALM <ms>: no row is highlighted (within 5 s)
 //   UPDATE <manga> <chapter> [page] [status]
 //                                 -> SENT <ms> <ack text>: the page's form saved it
 //   STATE <state>                 -> STATE <state> <status text> (within 20 s; for
@@ -113,6 +114,12 @@ const commands = {
       throw new Error(`the row of manga ${manga} was still there after ${LIVE_MS} ms`);
     }
     say(`GONE ${since(t0)}`);
+  },
+
+  async CALM() {
+    const t0 = performance.now();
+    await page.waitForFunction(() => !document.querySelector("#rows tr.flash"), null, { timeout: 5000 });
+    say(`CALM ${since(t0)}`);
   },
 
   async UPDATE(manga, chapter, pageNo = "", status = "") {
