@@ -1,13 +1,19 @@
-//! One client connection: authentication within `AUTH_TIMEOUT`, then an
+//! One client connection, on either transport: authentication within `AUTH_TIMEOUT`, then an
 //! in-order request loop with per-connection and per-user rate limits. The
 //! idle timeout is enforced by one sweeper for all connections (`sweep_idle`),
 //! not by a timer per connection. Replies and pushed events share the connection's outbound
 //! queue, drained by its writer task.
 //!
+//! The transports differ only in framing: the loop reads `Frame`s from a
+//! `FrameSource` (JSON lines on TCP, text messages on a WebSocket) and
+//! queues whole messages, which the outbound queue frames for the wire.
+//!
 //! The task's future stays small while idle (request handling is boxed), so
 //! that an idle connection costs little memory.
 
+pub mod frames;
 pub mod lines;
+pub mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -24,12 +30,15 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Identity};
 use crate::backend::Replicas;
 use crate::config::Config;
-use crate::fanout::{Conn, Fanout, Flushers, Limiter, Outbound, quota};
+use crate::fanout::{Conn, Fanout, Flushers, Framing, Limiter, Outbound, quota};
 use crate::handlers::{self, Context, Reply, Session};
 use crate::protocol::{
-    Device, ErrorCode, ErrorReply, Request, ServerMessage, SystemCode, parse_line,
+    Device, ErrorCode, ErrorReply, ParseError, Request, ServerMessage, SystemCode, parse_line,
 };
-use lines::{Frame, LineReader, ReadSource};
+use bytes::BytesMut;
+use frames::{Frame, FrameSource, ReadSource};
+use lines::LineReader;
+use websocket::MessageReader;
 
 /// What every connection shares.
 pub struct Shared {
@@ -90,8 +99,8 @@ const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly"
 /// --release -p gateway --lib -- -Zprint-type-sizes`.
 pub const IDLE_FUTURE_BUDGET: usize = 592;
 
-/// Serves one connection until it closes, is dropped, or the server stops.
-/// `slot` (its place under `MAX_CONNECTIONS`) is released at the end.
+/// Serves one TCP connection until it closes, is dropped, or the server
+/// stops. `slot` (its place under `MAX_CONNECTIONS`) is released at the end.
 ///
 /// Spawn the returned future itself: wrapping it in another `async` block
 /// would store it twice in the task.
@@ -107,29 +116,72 @@ where
     R: ReadSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    // Attached here rather than with `#[instrument]`, which would keep the
-    // connection's future twice in its task (and every idle connection pays).
-    let span = tracing::debug_span!("connection", conn_id = id, user_id = tracing::field::Empty);
+    let (span, out) = open(&shared, id, stop, Box::pin(writer), Framing::Lines);
+    let lines = LineReader::new(reader, shared.max_message_bytes);
+    serve_in_span(shared, lines, out, slot).instrument(span)
+}
+
+/// Serves one WebSocket connection after its handshake; `leftover` is what
+/// the client sent after its handshake request.
+pub fn serve_websocket<R, W>(
+    shared: Arc<Shared>,
+    reader: R,
+    leftover: BytesMut,
+    writer: W,
+    id: u64,
+    stop: CancellationToken,
+    slot: OwnedSemaphorePermit,
+) -> impl Future<Output = ()> + Send
+where
+    R: ReadSource,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (span, out) = open(&shared, id, stop, Box::pin(writer), Framing::WebSocket);
+    let messages = MessageReader::new(reader, leftover, shared.max_message_bytes, out.clone());
+    serve_in_span(shared, messages, out, slot).instrument(span)
+}
+
+/// The connection's span and outbound queue, built before its future: what
+/// the future captures, it keeps for its whole life, so it captures these
+/// rather than their ingredients.
+fn open(
+    shared: &Shared,
+    id: u64,
+    stop: CancellationToken,
+    writer: crate::fanout::BoxWriter,
+    framing: Framing,
+) -> (tracing::Span, Conn) {
+    // Attached by the caller rather than with `#[instrument]`, which would
+    // keep the connection's future twice in its task (and every idle
+    // connection pays).
+    let transport = match framing {
+        Framing::Lines => "tcp",
+        Framing::WebSocket => "websocket",
+    };
+    let span = tracing::debug_span!(
+        "connection",
+        conn_id = id,
+        transport,
+        user_id = tracing::field::Empty
+    );
     metrics::gauge!("gateway_connections").increment(1.0);
-    // Built before the future: what the future captures, it keeps for its
-    // whole life, so it captures these two rather than their ingredients.
     let out = Outbound::new(
         id,
         shared.outbound_queue_bytes,
+        framing,
         stop,
-        Box::pin(writer),
+        writer,
         shared.flushers.clone(),
     );
-    let lines = LineReader::new(reader, shared.max_message_bytes);
-    serve_in_span(shared, lines, out, slot).instrument(span)
+    (span, out)
 }
 
 /// An `async move` block rather than an `async fn`: an `async fn` keeps a
 /// second copy of its arguments, and every idle connection would pay for it.
 #[allow(clippy::manual_async_fn)]
-fn serve_in_span<R: ReadSource>(
+fn serve_in_span<S: FrameSource>(
     shared: Arc<Shared>,
-    mut lines: LineReader<R>,
+    mut lines: S,
     out: Conn,
     slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
@@ -200,10 +252,20 @@ fn send_shutdown(out: &Conn) {
     out.push_control(ServerMessage::system(SystemCode::Shutdown, SHUTDOWN_MESSAGE).to_line());
 }
 
-/// Reads the first line; it must be a valid `auth`.
-async fn authenticate<R: ReadSource>(
+/// The first message, past pings.
+async fn first_message<S: FrameSource>(lines: &mut S) -> std::io::Result<Frame> {
+    loop {
+        match lines.next().await? {
+            Frame::Skip => {}
+            frame => return Ok(frame),
+        }
+    }
+}
+
+/// Reads the first message; it must be a valid `auth`.
+async fn authenticate<S: FrameSource>(
     shared: &Shared,
-    lines: &mut LineReader<R>,
+    lines: &mut S,
     out: &Conn,
 ) -> Option<Authenticated> {
     let frame = tokio::select! {
@@ -211,7 +273,7 @@ async fn authenticate<R: ReadSource>(
             send_shutdown(out);
             return None;
         }
-        frame = tokio::time::timeout(shared.auth_timeout, lines.next()) => frame,
+        frame = tokio::time::timeout(shared.auth_timeout, first_message(lines)) => frame,
     };
     let fail = |reason: &'static str| {
         metrics::counter!("gateway_auth_failures_total", "reason" => reason).increment(1);
@@ -222,13 +284,12 @@ async fn authenticate<R: ReadSource>(
             tracing::debug!("no auth message before the deadline");
             return None;
         }
-        Ok(Err(_) | Ok(Frame::Eof)) => return None,
-        Ok(Ok(Frame::TooLarge)) => None,
-        Ok(Ok(Frame::Line(line))) => Some(line),
+        Ok(Err(_) | Ok(Frame::Eof | Frame::Skip)) => return None,
+        Ok(Ok(other)) => other,
     };
     let (id, request) = match &line {
-        Some(line) => parse_line(line),
-        None => (None, Err(crate::protocol::ParseError::too_large())),
+        Frame::Line(line) => parse_line(line),
+        _ => (None, Err(ParseError::too_large())),
     };
     metrics::counter!("gateway_messages_in_total", "type" => request.as_ref().map_or("invalid", Request::kind))
         .increment(1);
@@ -294,9 +355,9 @@ enum Step {
 /// connection's task stays small. (An `async move` block, not an `async fn`,
 /// for the same reason as `serve_in_span`.)
 #[allow(clippy::manual_async_fn)]
-fn request_loop<'a, R: ReadSource>(
+fn request_loop<'a, S: FrameSource>(
     shared: &'a Shared,
-    lines: &'a mut LineReader<R>,
+    lines: &'a mut S,
     session: &'a mut Session,
     user_limiter: &'a Limiter,
 ) -> impl Future<Output = ()> + Send + 'a {
@@ -336,6 +397,8 @@ enum Admitted {
     Request(Option<Box<RawValue>>, Request),
     /// Answered without doing anything (rate limited, malformed).
     Refused(Reply),
+    /// Traffic that needs no answer (a WebSocket ping or pong).
+    Skip,
     /// EOF or a read error.
     Close,
 }
@@ -343,7 +406,9 @@ enum Admitted {
 fn admit(frame: std::io::Result<Frame>, limits: [&Limiter; 2]) -> Admitted {
     let (id, request) = match frame {
         Err(_) | Ok(Frame::Eof) => return Admitted::Close,
-        Ok(Frame::TooLarge) => (None, Err(crate::protocol::ParseError::too_large())),
+        Ok(Frame::Skip) => return Admitted::Skip,
+        Ok(Frame::TooLarge) => (None, Err(ParseError::too_large())),
+        Ok(Frame::Binary) => (None, Err(ParseError::binary())),
         Ok(Frame::Line(line)) => parse_line(&line),
     };
     let kind = request.as_ref().map_or("invalid", Request::kind);
@@ -363,9 +428,9 @@ fn admit(frame: std::io::Result<Frame>, limits: [&Limiter; 2]) -> Admitted {
 /// lines the client already sent behind it, up to the first that is not an
 /// update: those updates go out as one call (`handlers::updates`), and their
 /// replies still come in line order.
-async fn next_request<R: ReadSource>(
+async fn next_request<S: FrameSource>(
     shared: &Shared,
-    lines: &mut LineReader<R>,
+    lines: &mut S,
     session: &mut Session,
     limits: [&Limiter; 2],
 ) -> Step {
@@ -380,6 +445,7 @@ async fn next_request<R: ReadSource>(
     loop {
         let (id, request) = match next {
             Admitted::Close => return Step::Close,
+            Admitted::Skip => return Step::Next,
             Admitted::Refused(reply) => {
                 send(&out, &reply);
                 return Step::Next;
@@ -426,8 +492,8 @@ async fn next_request<R: ReadSource>(
 /// The run of lines behind a `progress_update`: `frame` and whatever else is
 /// there without waiting, up to `MAX_PIPELINED` lines, ending before the first
 /// line that is not an update (returned to be handled after the run).
-fn gather<R: ReadSource>(
-    lines: &mut LineReader<R>,
+fn gather<S: FrameSource>(
+    lines: &mut S,
     limits: [&Limiter; 2],
     first: handlers::Pipelined,
     frame: std::io::Result<Frame>,

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use mangahub_proto::v1 as pb;
 
 pub use outbound::flusher::Flushers;
-pub use outbound::{BoxWriter, Conn, Outbound};
+pub use outbound::{BoxWriter, CloseCode, Conn, Framing, Outbound};
 pub use registry::{Limiter, quota};
 
 use crate::auth::Identity;

@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod protocol;
 pub mod server;
 pub mod telemetry;
+pub mod web;
 
 pub use config::Config;
 pub use server::{Gateway, Readiness, bind, run, shutdown_signal};

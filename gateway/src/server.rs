@@ -1,5 +1,6 @@
-//! The accept loop: a connection permit is taken before `accept` (so at most
-//! `MAX_CONNECTIONS` are held and further clients wait in the backlog),
+//! The accept loop, over the TCP port and the WebSocket port: a connection
+//! permit is taken before `accept` (so at most `MAX_CONNECTIONS` are held,
+//! counting both transports, and further clients wait in the backlog),
 //! accept errors back off instead of spinning, and shutdown stops accepting,
 //! tells every connection to finish, and waits for them within the drain.
 
@@ -22,6 +23,7 @@ use crate::backend::{HealthSettings, Replicas};
 use crate::config::Config;
 use crate::connection::{self, Shared};
 use crate::fanout::watch::{self as event_stream, WatchSettings};
+use crate::web::{self, Handshake, Origins};
 
 const FIRST_ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
@@ -44,6 +46,9 @@ impl Readiness {
 /// A gateway bound to its listener, ready to run.
 pub struct Gateway {
     listener: TcpListener,
+    /// The WebSocket port, unless `WS_LISTEN=off`.
+    ws_listener: Option<TcpListener>,
+    origins: Arc<Origins>,
     admin: Option<TcpListener>,
     shared: Arc<Shared>,
     replicas: Arc<Replicas>,
@@ -66,6 +71,13 @@ impl Gateway {
         let replicas = Arc::new(Replicas::new(&config)?);
         let shared = Arc::new(Shared::new(&config, replicas.clone())?);
         let (ready_tx, ready_rx) = watch::channel(false);
+        let ws_listener = match config.ws_listen.addr() {
+            Some(addr) => Some(
+                bind_with_backlog(addr, config.listen_backlog)
+                    .with_context(|| format!("binding the WebSocket port {addr}"))?,
+            ),
+            None => None,
+        };
         let admin = match config.metrics_listen {
             Some(addr) => {
                 Some(bind_admin(addr).with_context(|| format!("binding the admin port {addr}"))?)
@@ -74,6 +86,8 @@ impl Gateway {
         };
         Ok(Self {
             listener,
+            ws_listener,
+            origins: Arc::new(Origins::new(&config.ws_allowed_origins)),
             admin,
             shared,
             replicas,
@@ -94,6 +108,11 @@ impl Gateway {
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// The WebSocket port (`/ws`, and the live page at `/`), unless switched off.
+    pub fn ws_addr(&self) -> Option<SocketAddr> {
+        self.ws_listener.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Where /metrics, /healthz and /readyz are served, when configured.
@@ -125,6 +144,8 @@ impl Gateway {
         let ready_check = self.ready_check();
         let Gateway {
             listener,
+            ws_listener,
+            origins,
             admin,
             shared,
             replicas,
@@ -154,6 +175,9 @@ impl Gateway {
             stop.clone(),
         ));
         tracing::info!(addr = %listener.local_addr()?, tls = tls.is_some(), "gateway listening");
+        if let Some(ws) = &ws_listener {
+            tracing::info!(addr = %ws.local_addr()?, tls = tls.is_some(), "WebSocket and live page listening");
+        }
 
         let permits = Arc::new(Semaphore::new(max_connections));
         let next_id = AtomicU64::new(1);
@@ -166,12 +190,13 @@ impl Gateway {
             };
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = listener.accept() => accepted,
+                accepted = listener.accept() => accepted.map(|(s, _)| (s, Transport::Tcp)),
+                accepted = accept_on(ws_listener.as_ref()) => accepted.map(|(s, _)| (s, Transport::WebSocket)),
             };
-            let stream = match accepted {
-                Ok((stream, _peer)) => {
+            let (stream, transport) = match accepted {
+                Ok(accepted) => {
                     backoff.reset();
-                    stream
+                    accepted
                 }
                 Err(err) if is_per_connection(&err) => continue,
                 Err(err) => {
@@ -187,8 +212,21 @@ impl Gateway {
             configure(&stream);
             let id = next_id.fetch_add(1, Ordering::Relaxed);
             let conn_stop = stop.child_token();
-            match &tls {
-                None => {
+            match (&tls, transport) {
+                // Boxed: the handshake (and TLS) state must not size every TCP connection's task.
+                (tls, Transport::WebSocket) => {
+                    let serving = serve_websocket(
+                        shared.clone(),
+                        stream,
+                        tls.clone(),
+                        origins.clone(),
+                        id,
+                        conn_stop,
+                        permit,
+                    );
+                    shared.tasks.spawn(Box::pin(serving));
+                }
+                (None, Transport::Tcp) => {
                     let (reader, writer) = stream.into_split();
                     shared.tasks.spawn(connection::serve(
                         shared.clone(),
@@ -200,7 +238,7 @@ impl Gateway {
                     ));
                 }
                 // Boxed: the TLS state is large and must not size every plain connection's task.
-                Some(acceptor) => {
+                (Some(acceptor), Transport::Tcp) => {
                     let serving = serve_tls(
                         shared.clone(),
                         stream,
@@ -215,6 +253,7 @@ impl Gateway {
         }
 
         drop(listener);
+        drop(ws_listener);
         tracing::info!(drain = ?shared.shutdown_drain, "shutting down: no longer accepting");
         stop.cancel();
         shared.tasks.close();
@@ -293,6 +332,43 @@ pub async fn run(
     Gateway::build(listener, config)?.run(shutdown).await
 }
 
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Tcp,
+    WebSocket,
+}
+
+/// Accepts on `listener`, or never when there is none.
+async fn accept_on(listener: Option<&TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The TLS handshake, within `AUTH_TIMEOUT`; `None` when it failed, timed
+/// out, or the server stopped.
+async fn accept_tls(
+    shared: &Shared,
+    stream: TcpStream,
+    acceptor: TlsAcceptor,
+    id: u64,
+    stop: &CancellationToken,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let handshake = tokio::time::timeout(shared.auth_timeout, acceptor.accept(stream));
+    tokio::select! {
+        () = stop.cancelled() => None,
+        result = handshake => match result {
+            Ok(Ok(stream)) => Some(stream),
+            Ok(Err(err)) => {
+                tracing::debug!(conn_id = id, %err, "TLS handshake failed");
+                None
+            }
+            Err(_) => None,
+        },
+    }
+}
+
 async fn serve_tls(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -301,20 +377,74 @@ async fn serve_tls(
     stop: CancellationToken,
     slot: OwnedSemaphorePermit,
 ) {
-    let handshake = tokio::time::timeout(shared.auth_timeout, acceptor.accept(stream));
-    let stream = tokio::select! {
-        () = stop.cancelled() => return,
-        result = handshake => match result {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                tracing::debug!(conn_id = id, %err, "TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
-        },
+    let Some(stream) = accept_tls(&shared, stream, acceptor, id, &stop).await else {
+        return;
     };
     let (reader, writer) = tokio::io::split(stream);
     connection::serve(shared, reader, writer, id, stop, slot).await;
+}
+
+/// A connection to the WebSocket port: TLS when configured, then HTTP (the
+/// page, or the upgrade), within `AUTH_TIMEOUT` together; then the same
+/// connection loop as TCP.
+async fn serve_websocket(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    tls: Option<TlsAcceptor>,
+    origins: Arc<Origins>,
+    id: u64,
+    stop: CancellationToken,
+    slot: OwnedSemaphorePermit,
+) {
+    match tls {
+        None => {
+            let mut stream = stream;
+            let Some(leftover) = upgrade(&shared, &mut stream, &origins, &stop).await else {
+                return;
+            };
+            let (reader, writer) = stream.into_split();
+            connection::serve_websocket(shared, reader, leftover, writer, id, stop, slot).await;
+        }
+        Some(acceptor) => {
+            let Some(mut stream) = accept_tls(&shared, stream, acceptor, id, &stop).await else {
+                return;
+            };
+            let Some(leftover) = upgrade(&shared, &mut stream, &origins, &stop).await else {
+                return;
+            };
+            let (reader, writer) = tokio::io::split(stream);
+            connection::serve_websocket(shared, reader, leftover, writer, id, stop, slot).await;
+        }
+    }
+}
+
+/// The HTTP part of a WebSocket connection; `Some` once upgraded.
+async fn upgrade<S>(
+    shared: &Shared,
+    stream: &mut S,
+    origins: &Origins,
+    stop: &CancellationToken,
+) -> Option<bytes::BytesMut>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let handshake = tokio::time::timeout(shared.auth_timeout, web::handshake(stream, origins));
+    let result = tokio::select! {
+        () = stop.cancelled() => return None,
+        result = handshake => result,
+    };
+    match result {
+        Ok(Ok(Handshake::Upgraded(leftover))) => Some(leftover),
+        Ok(Ok(Handshake::Answered)) => None,
+        Ok(Err(err)) => {
+            tracing::debug!(%err, "WebSocket handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!("no WebSocket handshake before the deadline");
+            None
+        }
+    }
 }
 
 fn configure(stream: &TcpStream) {

@@ -10,7 +10,7 @@ mod postgres;
 mod redis;
 
 pub use http::http_get;
-pub use lines::{LineClient, WAIT};
+pub use lines::{LineClient, Transport, WAIT};
 pub use postgres::{PrivatePostgres, fresh_database};
 pub use redis::{Persistence, PrivateRedis};
 

@@ -1,36 +1,93 @@
-//! A test client of the gateway's JSON lines: every wait is bounded by
-//! [`WAIT`] and fails the test when it runs out.
+//! A test client of the gateway's protocol, over either transport: JSON
+//! lines on TCP, or one message per text frame on the WebSocket port. The
+//! same scenario code runs over both. Every wait is bounded by [`WAIT`] and
+//! fails the test when it runs out.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 /// Generous: the suites must pass on a loaded 2-core machine.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Which of the gateway's transports a client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    WebSocket,
+}
+
 pub struct LineClient {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    inner: Inner,
+}
+
+enum Inner {
+    Tcp {
+        reader: BufReader<OwnedReadHalf>,
+        writer: OwnedWriteHalf,
+    },
+    WebSocket {
+        stream: Box<WebSocketStream<TcpStream>>,
+        /// Bytes of `send_raw` not yet ended by a newline.
+        pending: Vec<u8>,
+    },
 }
 
 impl LineClient {
+    /// A TCP client of the gateway's lines port.
     pub async fn connect(addr: SocketAddr) -> LineClient {
-        let stream = tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        Self::from_stream(tcp(addr).await)
+    }
+
+    /// A client of `addr` over `transport` (the WebSocket port's `/ws`).
+    pub async fn connect_over(transport: Transport, addr: SocketAddr) -> LineClient {
+        match transport {
+            Transport::Tcp => Self::connect(addr).await,
+            Transport::WebSocket => Self::connect_ws(addr).await,
+        }
+    }
+
+    /// A WebSocket client of `ws://addr/ws`.
+    pub async fn connect_ws(addr: SocketAddr) -> LineClient {
+        Self::over_stream(Transport::WebSocket, tcp(addr).await).await
+    }
+
+    /// A client over a connected socket (a test may tune it first); over
+    /// WebSocket, after the handshake for `/ws`.
+    pub async fn over_stream(transport: Transport, stream: TcpStream) -> LineClient {
+        if transport == Transport::Tcp {
+            return Self::from_stream(stream);
+        }
+        let addr = stream.peer_addr().expect("peer address");
+        let url = format!("ws://{addr}/ws");
+        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::client_async(url, stream))
             .await
-            .expect("connect in time")
-            .expect("connect");
-        Self::from_stream(stream)
+            .expect("WebSocket handshake in time")
+            .expect("WebSocket handshake");
+        LineClient {
+            inner: Inner::WebSocket {
+                stream: Box::new(stream),
+                pending: Vec::new(),
+            },
+        }
     }
 
     pub fn from_stream(stream: TcpStream) -> LineClient {
         let (reader, writer) = stream.into_split();
         LineClient {
-            reader: BufReader::new(reader),
-            writer,
+            inner: Inner::Tcp {
+                reader: BufReader::new(reader),
+                writer,
+            },
         }
     }
 
@@ -40,20 +97,88 @@ impl LineClient {
         self.send_raw(line.as_bytes()).await;
     }
 
+    /// Sends bytes as they are on TCP. On a WebSocket each line (ended by
+    /// `\n`, a preceding `\r` dropped) goes as one text frame, so scenarios
+    /// that pipeline or send odd lines mean the same on both transports;
+    /// bytes after the last newline wait for the next call.
     pub async fn send_raw(&mut self, bytes: &[u8]) {
-        self.writer
-            .write_all(bytes)
-            .await
-            .expect("write to gateway");
+        match &mut self.inner {
+            Inner::Tcp { writer, .. } => writer.write_all(bytes).await.expect("write to gateway"),
+            Inner::WebSocket { stream, pending } => {
+                pending.extend_from_slice(bytes);
+                while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                    let mut line: Vec<u8> = pending.drain(..=end).collect();
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    stream
+                        .feed(text_frame(line))
+                        .await
+                        .expect("write to gateway");
+                }
+                stream.flush().await.expect("write to gateway");
+            }
+        }
     }
 
-    /// The next line, or `None` at EOF or on a connection error.
+    /// Sends one WebSocket message (a raw frame, any payload and opcode).
+    pub async fn send_frame(&mut self, frame: Frame) {
+        match &mut self.inner {
+            Inner::Tcp { .. } => panic!("a TCP client has no frames"),
+            Inner::WebSocket { stream, .. } => stream
+                .send(Message::Frame(frame))
+                .await
+                .expect("write to gateway"),
+        }
+    }
+
+    /// The next message (a line, with its `\n`), or `None` at EOF, on a
+    /// close frame or a connection error.
     pub async fn recv_line_within(&mut self, wait: Duration) -> Option<String> {
-        let mut line = String::new();
-        match tokio::time::timeout(wait, self.reader.read_line(&mut line)).await {
-            Ok(Ok(0) | Err(_)) => None,
-            Ok(Ok(_)) => Some(line),
+        match tokio::time::timeout(wait, self.next_line()).await {
+            Ok(line) => line,
             Err(_) => panic!("no message from the gateway within {wait:?}"),
+        }
+    }
+
+    async fn next_line(&mut self) -> Option<String> {
+        match &mut self.inner {
+            Inner::Tcp { reader, .. } => {
+                let mut line = String::new();
+                match reader.read_line(&mut line).await {
+                    Ok(0) | Err(_) => None,
+                    Ok(_) => Some(line),
+                }
+            }
+            Inner::WebSocket { stream, .. } => loop {
+                match stream.next().await? {
+                    Ok(Message::Text(text)) => return Some(format!("{}\n", text.as_str())),
+                    Ok(Message::Binary(bytes)) => {
+                        panic!("the gateway sent a binary frame: {bytes:?}")
+                    }
+                    Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => {}
+                    Ok(Message::Close(_)) | Err(_) => return None,
+                }
+            },
+        }
+    }
+
+    /// How a WebSocket connection was closed: its close frame's code, once
+    /// the gateway closed it (`None` if it closed without one).
+    pub async fn close_code(&mut self) -> Option<u16> {
+        let Inner::WebSocket { stream, .. } = &mut self.inner else {
+            panic!("a TCP client has no close code");
+        };
+        loop {
+            let next = tokio::time::timeout(WAIT, stream.next())
+                .await
+                .expect("the gateway closes in time");
+            match next {
+                Some(Ok(Message::Close(frame))) => return frame.map(|f| u16::from(f.code)),
+                Some(Ok(_)) => {}
+                None | Some(Err(_)) => return None,
+            }
         }
     }
 
@@ -85,12 +210,10 @@ impl LineClient {
 
     /// Nothing arrives within `wait` (used only to prove an absence).
     pub async fn assert_silent(&mut self, wait: Duration) {
-        let mut line = String::new();
-        if let Ok(result) = tokio::time::timeout(wait, self.reader.read_line(&mut line)).await {
-            match result {
-                Ok(0) => panic!("connection closed; expected it to stay open and silent"),
-                Ok(_) => panic!("unexpected message: {line}"),
-                Err(err) => panic!("connection error: {err}"),
+        if let Ok(line) = tokio::time::timeout(wait, self.next_line()).await {
+            match line {
+                None => panic!("connection closed; expected it to stay open and silent"),
+                Some(line) => panic!("unexpected message: {line}"),
             }
         }
     }
@@ -132,4 +255,20 @@ impl LineClient {
             .await;
         assert_eq!(reply["type"], "subscribed", "{reply}");
     }
+}
+
+async fn tcp(addr: SocketAddr) -> TcpStream {
+    tokio::time::timeout(WAIT, TcpStream::connect(addr))
+        .await
+        .expect("connect in time")
+        .expect("connect")
+}
+
+/// A text frame of any bytes (a test may send text that is not UTF-8).
+fn text_frame(payload: Vec<u8>) -> Message {
+    Message::Frame(Frame::message(
+        Bytes::from(payload),
+        OpCode::Data(Data::Text),
+        true,
+    ))
 }

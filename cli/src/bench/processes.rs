@@ -239,6 +239,8 @@ pub fn gateway_args(
         jwt_secret,
         "--metrics-listen",
         &admin.to_string(),
+        "--ws-listen",
+        "off",
         "--rate-limit-per-sec",
         RATE_LIMIT,
         "--rate-limit-burst",

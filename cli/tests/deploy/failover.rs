@@ -227,6 +227,7 @@ async fn failover(stop_kind: Stop) {
         &binaries::path(GATEWAY),
         &env(&[
             ("GATEWAY_LISTEN", tcp.to_string()),
+            ("WS_LISTEN", "off".to_owned()),
             ("PROGRESS_URL", format!("{url_a},{url_b}")),
             ("JWT_SECRET", SECRET.to_owned()),
             ("METRICS_LISTEN", admin.to_string()),

@@ -313,6 +313,7 @@ async fn restart_under_load(stop: Stop) {
     let gateway_admin = loopback();
     let gateway_env: BTreeMap<String, String> = [
         ("GATEWAY_LISTEN", tcp.to_string()),
+        ("WS_LISTEN", "off".to_owned()),
         ("PROGRESS_URL", format!("http://{grpc}")),
         ("JWT_SECRET", SECRET.to_owned()),
         ("METRICS_LISTEN", gateway_admin.to_string()),

@@ -118,6 +118,7 @@ async fn compose_topology_runs_a_full_scenario_natively() {
             &gateway_def,
             &[
                 ("GATEWAY_LISTEN", tcp.to_string()),
+                ("WS_LISTEN", "off".to_owned()),
                 ("METRICS_LISTEN", gateway_admin.to_string()),
                 ("PROGRESS_URL", format!("http://{grpc}")),
             ],

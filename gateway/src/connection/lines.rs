@@ -7,41 +7,12 @@
 
 use std::future::Future;
 use std::io;
-use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, Interest, Ready};
+use tokio::io::Ready;
 
-/// Small: most lines are short, and a long line grows the buffer by doubling.
-const FIRST_READ: usize = 1024;
-const MAX_READ: usize = 64 * 1024;
-
-/// The read half of a transport.
-pub trait ReadSource: AsyncRead + Unpin + Send + 'static {
-    /// Resolves when a read would not block (a hint; may resolve early).
-    fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
-        std::future::ready(Ok(Ready::READABLE))
-    }
-}
-
-impl ReadSource for tokio::net::tcp::OwnedReadHalf {
-    fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
-        // The innermost readiness future: each async layer around it would
-        // add to every idle connection's task.
-        self.as_ref().ready(Interest::READABLE)
-    }
-}
-
-impl<T: AsyncRead + tokio::io::AsyncWrite + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {}
-
-#[derive(Debug)]
-pub enum Frame {
-    /// One line, without `\n` or a preceding `\r`.
-    Line(BytesMut),
-    /// A line passed the cap; its rest is being skipped.
-    TooLarge,
-    Eof,
-}
+pub use super::frames::{Frame, ReadSource};
+use super::frames::{FrameSource, MAX_READ, fill};
 
 pub struct LineReader<R> {
     inner: R,
@@ -63,50 +34,10 @@ impl<R: ReadSource> LineReader<R> {
         }
     }
 
-    /// True when bytes are buffered (a frame may be decodable without reading).
-    pub fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
     /// Bytes held: at most the cap plus one read (the fuzz checks assert it).
     #[doc(hidden)]
     pub fn buffered_len(&self) -> usize {
         self.buf.len()
-    }
-
-    /// Resolves when the transport has bytes to read (a hint).
-    pub fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send {
-        self.inner.wait_readable()
-    }
-
-    /// The next frame. Cancel-safe: no bytes are lost when dropped mid-way.
-    pub async fn next(&mut self) -> io::Result<Frame> {
-        loop {
-            if let Some(frame) = self.decode() {
-                return Ok(frame);
-            }
-            if self.buf.capacity() == self.buf.len() {
-                if self.buf.is_empty() {
-                    self.inner.wait_readable().await?;
-                    self.buf.reserve(FIRST_READ);
-                } else {
-                    self.buf.reserve(self.buf.len().clamp(FIRST_READ, MAX_READ));
-                }
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return Ok(Frame::Eof);
-            }
-        }
-    }
-
-    /// The next frame if it is there without waiting: already buffered, or
-    /// readable from the transport right now.
-    pub fn try_next(&mut self) -> Option<io::Result<Frame>> {
-        let mut cx = Context::from_waker(Waker::noop());
-        match std::pin::pin!(self.next()).poll(&mut cx) {
-            Poll::Ready(frame) => Some(frame),
-            Poll::Pending => None,
-        }
     }
 
     fn decode(&mut self) -> Option<Frame> {
@@ -153,6 +84,27 @@ impl<R: ReadSource> LineReader<R> {
         self.scanned = 0;
         if self.buf.capacity() > MAX_READ {
             self.buf = BytesMut::new();
+        }
+    }
+}
+
+impl<R: ReadSource> FrameSource for LineReader<R> {
+    fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send {
+        self.inner.wait_readable()
+    }
+
+    async fn next(&mut self) -> io::Result<Frame> {
+        loop {
+            if let Some(frame) = self.decode() {
+                return Ok(frame);
+            }
+            if fill(&mut self.inner, &mut self.buf).await? == 0 {
+                return Ok(Frame::Eof);
+            }
         }
     }
 }

@@ -11,11 +11,17 @@
 //! at most once at a time, in queue order, and an idle connection holds no
 //! writer task at all.
 //!
+//! The queue holds whole messages (JSON lines ending in `\n`); how they go on
+//! the wire is the connection's `Framing`: as they are on TCP, or as one
+//! WebSocket text frame each, whose header is kept inline beside the shared
+//! message (no copy, no allocation per delivery).
+//!
 //! A producer that finds the queue full marks the connection a slow consumer:
 //! what is still queued is dropped, `SLOW_CONSUMER` is queued instead, and the
 //! connection is told to stop. `finish` gives it a short grace to deliver it.
 
 pub mod flusher;
+pub mod framing;
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
@@ -33,6 +39,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
 use flusher::Flushers;
+use framing::Item;
+pub use framing::{CloseCode, Framing};
 
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -54,7 +62,7 @@ enum Mode {
 }
 
 struct State {
-    queue: VecDeque<Bytes>,
+    queue: VecDeque<Item>,
     /// Queued plus being written.
     bytes: usize,
     mode: Mode,
@@ -62,12 +70,16 @@ struct State {
     writer: Option<BoxWriter>,
     /// Waiting in a flusher's list.
     scheduled: bool,
+    /// Why the connection ends, for a WebSocket's close frame (the first
+    /// reason given wins).
+    close: Option<CloseCode>,
 }
 
 /// The handle producers hold for one connection.
 pub struct Outbound {
     id: u64,
     capacity: usize,
+    framing: Framing,
     /// Cancelled at server shutdown (parent) or when this connection is kicked.
     stop: CancellationToken,
     state: Mutex<State>,
@@ -99,6 +111,7 @@ impl Outbound {
     pub fn new(
         id: u64,
         capacity: usize,
+        framing: Framing,
         stop: CancellationToken,
         writer: BoxWriter,
         flushers: Arc<Flushers>,
@@ -106,6 +119,7 @@ impl Outbound {
         Arc::new(Self {
             id,
             capacity,
+            framing,
             stop,
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -113,6 +127,7 @@ impl Outbound {
                 mode: Mode::Open,
                 writer: Some(writer),
                 scheduled: false,
+                close: None,
             }),
             returned: Notify::new(),
             flushers,
@@ -152,6 +167,18 @@ impl Outbound {
         self.push_inner(line, false, true)
     }
 
+    /// Answers a WebSocket ping (with its payload) at once.
+    pub fn pong(self: &Arc<Self>, payload: Bytes) {
+        self.enqueue(Item::pong(payload), false, false);
+        self.flush();
+    }
+
+    /// Records why the connection ends, for the close frame `finish` sends
+    /// on a WebSocket; the first reason given wins.
+    pub fn close_with(&self, code: CloseCode) {
+        self.lock().close.get_or_insert(code);
+    }
+
     /// Queues a reply and writes it right away: for the connection's own task.
     pub fn reply(self: &Arc<Self>, line: Bytes) -> bool {
         let queued = self.push_inner(line, true, false);
@@ -163,28 +190,34 @@ impl Outbound {
         if line.is_empty() {
             return true;
         }
+        self.enqueue(self.framing.message(line), bounded, via_flusher)
+    }
+
+    fn enqueue(self: &Arc<Self>, item: Item, bounded: bool, via_flusher: bool) -> bool {
         let mut state = self.lock();
         if state.mode != Mode::Open {
             return false;
         }
-        if bounded && state.bytes + line.len() > self.capacity {
+        if bounded && state.bytes + item.len() > self.capacity {
             state.mode = Mode::Kicked;
             state.queue.clear();
+            state.close.get_or_insert(CloseCode::SLOW_CONSUMER);
             let reply = ErrorReply::new(
                 ErrorCode::SlowConsumer,
                 "outbound queue full: the client does not read fast enough",
             );
-            state
-                .queue
-                .push_back(ServerMessage::error(None, &reply).to_line());
+            let notice = self
+                .framing
+                .message(ServerMessage::error(None, &reply).to_line());
+            state.queue.push_back(notice);
             drop(state);
             metrics::counter!("gateway_slow_consumer_disconnects_total").increment(1);
             tracing::info!(conn_id = self.id, "slow consumer disconnected");
             self.stop.cancel();
             return false;
         }
-        state.bytes += line.len();
-        state.queue.push_back(line);
+        state.bytes += item.len();
+        state.queue.push_back(item);
         let schedule = via_flusher && !state.scheduled && state.writer.is_some();
         state.scheduled |= schedule;
         drop(state);
@@ -207,6 +240,7 @@ impl Outbound {
     /// Closes the connection without a message (idle timeout).
     pub fn expire(&self) {
         tracing::debug!(conn_id = self.id, "idle timeout");
+        self.close_with(CloseCode::IDLE);
         self.kick();
     }
 
@@ -298,7 +332,13 @@ impl Outbound {
         let Ok(mut writer) = tokio::time::timeout(CLOSE_GRACE, self.take_writer()).await else {
             return;
         };
-        let mut batch = Batch::new(std::mem::take(&mut self.lock().queue));
+        let mut batch = {
+            let mut state = self.lock();
+            let mut queue = std::mem::take(&mut state.queue);
+            let close = state.close.unwrap_or(CloseCode::NORMAL);
+            queue.extend(self.framing.close(close));
+            Batch::new(queue)
+        };
         let _ = tokio::time::timeout(CLOSE_GRACE, async {
             writer.write_all_buf(&mut batch).await?;
             writer.flush().await?;
@@ -338,8 +378,9 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
                 let mut state = out.lock();
                 state.bytes = state.bytes.saturating_sub(batch.total);
                 if state.mode != Mode::Kicked {
+                    // A partly written item stays partly written.
                     for item in batch.items.into_iter().rev() {
-                        state.bytes += item.len();
+                        state.bytes += item.remaining();
                         state.queue.push_front(item);
                     }
                 }
@@ -368,15 +409,15 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
 
 /// Everything queued at one moment, written with vectored writes.
 struct Batch {
-    items: VecDeque<Bytes>,
+    items: VecDeque<Item>,
     /// Bytes of the batch when taken (for the queue's byte count).
     total: usize,
     remaining: usize,
 }
 
 impl Batch {
-    fn new(items: VecDeque<Bytes>) -> Self {
-        let total = items.iter().map(Bytes::len).sum();
+    fn new(items: VecDeque<Item>) -> Self {
+        let total = items.iter().map(Item::remaining).sum();
         Self {
             items,
             total,
@@ -391,7 +432,7 @@ impl Buf for Batch {
     }
 
     fn chunk(&self) -> &[u8] {
-        self.items.front().map_or(&[], |b| b.as_ref())
+        self.items.front().map_or(&[], Item::chunk)
     }
 
     fn advance(&mut self, mut cnt: usize) {
@@ -400,8 +441,9 @@ impl Buf for Batch {
             let Some(front) = self.items.front_mut() else {
                 return;
             };
-            if cnt >= front.len() {
-                cnt -= front.len();
+            let left = front.remaining();
+            if cnt >= left {
+                cnt -= left;
                 self.items.pop_front();
             } else {
                 front.advance(cnt);
@@ -412,9 +454,12 @@ impl Buf for Batch {
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for (slot, item) in dst.iter_mut().zip(self.items.iter()) {
-            *slot = IoSlice::new(item);
-            n += 1;
+        for item in &self.items {
+            let written = item.slices(&mut dst[n..]);
+            if written == 0 {
+                break;
+            }
+            n += written;
         }
         n
     }
@@ -437,6 +482,7 @@ mod tests {
         let out = Outbound::new(
             1,
             capacity,
+            Framing::Lines,
             CancellationToken::new(),
             Box::pin(server),
             Flushers::per_core(),
@@ -462,7 +508,7 @@ mod tests {
         let queue = &out.lock().queue;
         assert_eq!(queue.len(), 1);
         assert!(
-            std::str::from_utf8(&queue[0])
+            std::str::from_utf8(queue[0].chunk())
                 .unwrap_or_default()
                 .contains("SLOW_CONSUMER")
         );

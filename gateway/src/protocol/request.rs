@@ -105,12 +105,21 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    /// A line longer than `MAX_MESSAGE_BYTES` (it has no readable `id`).
+    /// A message longer than `MAX_MESSAGE_BYTES` (it has no readable `id`).
     pub fn too_large() -> Self {
         Self::new(
             None,
             ErrorCode::MessageTooLarge,
-            "line longer than MAX_MESSAGE_BYTES; skipped up to its newline",
+            "message longer than MAX_MESSAGE_BYTES; skipped without reading it",
+        )
+    }
+
+    /// A WebSocket binary message: the protocol is JSON in text frames.
+    pub fn binary() -> Self {
+        Self::new(
+            None,
+            ErrorCode::InvalidMessage,
+            "binary frames are not accepted: send each JSON message as a text frame",
         )
     }
 

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 
-use crate::helpers::{SECRET, base64url, fixture, now, sign, spawn_app, spawn_app_with, token};
+use super::helpers::{SECRET, base64url, fixture, now, sign, spawn_app, spawn_app_with, token};
 
 fn hs256(claims: &Value) -> String {
     sign(

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use crate::helpers::{spawn_app, token};
+use super::helpers::{spawn_app, token};
 
 #[tokio::test]
 async fn the_device_is_stored_and_shown_on_every_record() {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use mangahub_proto::v1 as pb;
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use super::helpers::spawn_app;
 
 const QUIET: Duration = Duration::from_millis(400);
 

@@ -69,7 +69,12 @@ impl Progress {
 }
 
 pub struct TestApp {
+    /// The TCP (JSON lines) port.
     pub addr: SocketAddr,
+    /// The WebSocket port (`/ws`, and the live page at `/`).
+    pub ws_addr: SocketAddr,
+    /// What `client()` and the `authed*` helpers connect over.
+    pub transport: Transport,
     /// The admin port: /metrics, /healthz, /readyz.
     pub admin: SocketAddr,
     pub progress: Option<Progress>,
@@ -134,12 +139,15 @@ fn spawn_gateway(
         "1s",
         "--metrics-listen",
         "127.0.0.1:0",
+        "--ws-listen",
+        "127.0.0.1:0",
     ];
     args.extend_from_slice(extra);
     let config = gateway::Config::try_parse_from(args).expect("gateway config");
     let listener = gateway::bind(&config).expect("bind gateway");
     let gw = gateway::Gateway::build(listener, config).expect("gateway builds");
     let addr = gw.local_addr().expect("gateway address");
+    let ws_addr = gw.ws_addr().expect("WebSocket port");
     let readiness = gw.readiness();
     let admin = gw.admin_addr().expect("admin port");
     let (stop, rx) = oneshot::channel::<()>();
@@ -148,6 +156,8 @@ fn spawn_gateway(
     }));
     TestApp {
         addr,
+        ws_addr,
+        transport: Transport::Tcp,
         admin,
         progress: None,
         db,
@@ -159,8 +169,30 @@ fn spawn_gateway(
 }
 
 impl TestApp {
+    /// The same system, with clients over `transport`.
+    pub fn over(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Where clients of `self.transport` connect.
+    pub fn client_addr(&self) -> SocketAddr {
+        match self.transport {
+            Transport::Tcp => self.addr,
+            Transport::WebSocket => self.ws_addr,
+        }
+    }
+
     pub async fn client(&self) -> Client {
-        Client::connect(self.addr).await
+        Client::connect_over(self.transport, self.client_addr()).await
+    }
+
+    /// A client over the other transport than `self.transport`.
+    pub async fn other_client(&self) -> Client {
+        match self.transport {
+            Transport::Tcp => Client::connect_ws(self.ws_addr).await,
+            Transport::WebSocket => Client::connect(self.addr).await,
+        }
     }
 
     /// A connection authenticated as `user` (username `<user>-name`).
@@ -249,5 +281,6 @@ pub fn base64url(bytes: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
-/// The JSON-lines test client (shared with the CLI's deploy tests).
+/// The test client of either transport (shared with the CLI's deploy tests).
 pub use testkit::LineClient as Client;
+pub use testkit::Transport;

@@ -4,8 +4,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use tokio::net::TcpSocket;
+use tungstenite::protocol::frame::Frame;
+use tungstenite::protocol::frame::coding::{Data, OpCode};
 
-use crate::helpers::{Client, WAIT, spawn_app, spawn_app_with, token, token_named};
+use super::helpers::{Client, Transport, WAIT, spawn_app, spawn_app_with, token, token_named};
 
 #[tokio::test]
 async fn a_burst_of_200_is_partly_rate_limited_and_the_last_accepted_is_stored() {
@@ -85,19 +87,20 @@ async fn the_user_limit_spans_the_users_connections() {
 async fn an_oversized_line_is_rejected_early_and_the_connection_survives() {
     let app = spawn_app().await;
     let mut c = app.authed("big").await;
-    let chunk = vec![b'a'; 256 * 1024];
+    // Over WebSocket the long message comes in fragments, counted together.
+    let mut long = Long::new(app.transport);
     for _ in 0..8 {
-        c.send_raw(&chunk).await;
+        long.send(&mut c, false).await;
     }
-    // Answered before the line ends: it was never buffered whole.
+    // Answered before the message ends: it was never buffered whole.
     let reply = c.recv().await;
     assert_eq!(reply["type"], "error");
     assert_eq!(reply["code"], "MESSAGE_TOO_LARGE");
     assert!(reply.get("id").is_none());
-    for _ in 0..8 {
-        c.send_raw(&chunk).await;
+    for i in 0..8 {
+        long.send(&mut c, i == 7).await;
     }
-    c.send_raw(b"\n{\"type\":\"ping\",\"id\":\"still-here\"}\n")
+    c.send_raw(b"{\"type\":\"ping\",\"id\":\"still-here\"}\n")
         .await;
     let pong = c.recv().await;
     assert_eq!(pong, json!({"type":"pong","id":"still-here"}));
@@ -109,6 +112,40 @@ async fn an_oversized_line_is_rejected_early_and_the_connection_survives() {
     c.send_raw(long.as_bytes()).await;
     assert_eq!(c.recv().await["code"], "MESSAGE_TOO_LARGE");
     assert_eq!(c.request(json!({"type":"ping"})).await["type"], "pong");
+}
+
+/// A message of 256 KiB pieces: bytes of one line on TCP, fragments of one
+/// text message on a WebSocket.
+struct Long {
+    transport: Transport,
+    sent: usize,
+}
+
+impl Long {
+    fn new(transport: Transport) -> Self {
+        Self { transport, sent: 0 }
+    }
+
+    async fn send(&mut self, c: &mut Client, last: bool) {
+        let chunk = vec![b'a'; 256 * 1024];
+        match self.transport {
+            Transport::Tcp => {
+                c.send_raw(&chunk).await;
+                if last {
+                    c.send_raw(b"\n").await;
+                }
+            }
+            Transport::WebSocket => {
+                let opcode = if self.sent == 0 {
+                    OpCode::Data(Data::Text)
+                } else {
+                    OpCode::Data(Data::Continue)
+                };
+                c.send_frame(Frame::message(chunk, opcode, last)).await;
+            }
+        }
+        self.sent += 1;
+    }
 }
 
 #[tokio::test]
@@ -142,8 +179,8 @@ async fn a_client_that_stops_reading_is_dropped_and_others_stay_on_time() {
     // A reader with a tiny receive window that never reads.
     let socket = TcpSocket::new_v4().expect("socket");
     socket.set_recv_buffer_size(4096).expect("rcvbuf");
-    let stream = socket.connect(app.addr).await.expect("connect");
-    let mut slow = Client::from_stream(stream);
+    let stream = socket.connect(app.client_addr()).await.expect("connect");
+    let mut slow = Client::over_stream(app.transport, stream).await;
     let auth = slow
         .request(json!({"type":"auth","data":{"token":token("slow")}}))
         .await;
@@ -234,12 +271,25 @@ async fn connections_beyond_the_limit_wait_until_a_slot_frees() {
     let app = spawn_app_with(&["--max-connections", "2"]).await;
     let first = app.authed("one").await;
     let _second = app.authed("two").await;
-    let mut third = app.client().await;
-    third
-        .send(json!({"type":"auth","data":{"token":token("three")}}))
-        .await;
-    third.assert_silent(Duration::from_millis(300)).await;
+    let (transport, addr) = (app.transport, app.client_addr());
+    let mut third = tokio::spawn(async move {
+        let mut third = Client::connect_over(transport, addr).await;
+        third
+            .request(json!({"type":"auth","data":{"token":token("three")}}))
+            .await
+    });
+    // Proving an absence: not served while both slots are taken (a TCP
+    // connect completes in the backlog, a WebSocket handshake waits).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), &mut third)
+            .await
+            .is_err(),
+        "a third connection was served"
+    );
     drop(first);
-    let reply = third.recv().await;
+    let reply = tokio::time::timeout(WAIT, third)
+        .await
+        .expect("served once a slot frees")
+        .expect("client task");
     assert_eq!(reply["success"], true, "{reply}");
 }

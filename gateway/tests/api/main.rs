@@ -1,14 +1,14 @@
 //! Black-box tests of the gateway: real sockets, the real progress service.
+//! The scenarios of contract §5 run over both transports (`tcp`, `ws`); the
+//! rest concern one port or one transport.
+
+// On purpose: `tcp` and `ws` load the same scenario files, once per transport.
+#![allow(clippy::duplicate_mod)]
 
 mod admin;
-mod auth;
 mod backlog;
-mod devices;
-mod fanout;
 mod helpers;
-mod limits;
-mod requests;
-mod resilience;
-mod scenarios;
-mod sync;
+mod tcp;
 mod tls;
+mod websocket;
+mod ws;

@@ -3,7 +3,7 @@
 use serde_json::{Value, json};
 use testkit::http_get;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use super::helpers::{Transport, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn progress_update_is_acked_with_the_stored_record() {
@@ -263,6 +263,11 @@ async fn bad_lines_get_their_error_codes_and_the_connection_survives() {
         (br#"{"type":"auth","data":{"token":"x"}}"#, "INVALID_MESSAGE", None),
     ];
     for (line, code, id) in cases {
+        if app.transport == Transport::WebSocket && std::str::from_utf8(line).is_err() {
+            // A text frame that is not UTF-8 breaks RFC 6455: the WebSocket
+            // is closed with 1007 (tested in `websocket`), not answered.
+            continue;
+        }
         c.send_raw(line).await;
         c.send_raw(b"\n").await;
         let reply = c.recv().await;

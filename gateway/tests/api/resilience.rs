@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use mangahub_proto::v1 as pb;
 use serde_json::json;
 
-use crate::helpers::{Progress, WAIT, spawn_app, spawn_gateway_first};
+use super::helpers::{Progress, WAIT, spawn_app, spawn_gateway_first};
 
 const QUIET: Duration = Duration::from_millis(400);
 

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::helpers::{Client, spawn_app, spawn_app_with, token};
+use super::helpers::{spawn_app, spawn_app_with, token};
 
 #[tokio::test]
 async fn multi_client_broadcast_reaches_5_clients() {
@@ -81,7 +81,7 @@ async fn connect_send_close_100_cycles_all_succeed() {
     let app = spawn_app().await;
     let mut ok = 0;
     for i in 0..100 {
-        let mut c = Client::connect(app.addr).await;
+        let mut c = app.client().await;
         let auth = c
             .request(json!({"type":"auth","data":{"token":token(&format!("cycle-{}", i % 7))}}))
             .await;
@@ -131,5 +131,9 @@ async fn graceful_shutdown_with_10_clients_finishes_within_10s() {
     silent.until_closed().await;
     assert!(started.elapsed() < Duration::from_secs(10));
     // No longer accepting.
-    assert!(tokio::net::TcpStream::connect(app.addr).await.is_err());
+    assert!(
+        tokio::net::TcpStream::connect(app.client_addr())
+            .await
+            .is_err()
+    );
 }

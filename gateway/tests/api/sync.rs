@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
-use crate::helpers::{Client, spawn_app};
+use super::helpers::{Client, spawn_app};
 
 fn cursor_of(message: &Value) -> String {
     message["cursor"]

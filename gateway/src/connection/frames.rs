@@ -1,0 +1,86 @@
+//! What a transport's reader hands the connection loop, whatever the
+//! framing: JSON lines on TCP (`lines`), WebSocket messages (`websocket`).
+//! Both read the same way (`fill`): while a connection is idle no read buffer
+//! is held, and one is allocated only when bytes are there.
+
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll, Waker};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, Interest, Ready};
+
+/// Small: most messages are short, and a long one grows the buffer by doubling.
+pub const FIRST_READ: usize = 1024;
+pub const MAX_READ: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub enum Frame {
+    /// One message: a line without `\n` (or a preceding `\r`), or the text
+    /// of a WebSocket message.
+    Line(BytesMut),
+    /// A message passed `MAX_MESSAGE_BYTES`; its rest is being skipped.
+    TooLarge,
+    /// A WebSocket binary message (skipped).
+    Binary,
+    /// Traffic that needs no answer from the loop (a WebSocket ping, already
+    /// answered, or a pong): it counts as activity, nothing more.
+    Skip,
+    Eof,
+}
+
+/// The read half of a transport.
+pub trait ReadSource: AsyncRead + Unpin + Send + 'static {
+    /// Resolves when a read would not block (a hint; may resolve early).
+    fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
+        std::future::ready(Ok(Ready::READABLE))
+    }
+}
+
+impl ReadSource for tokio::net::tcp::OwnedReadHalf {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
+        // The innermost readiness future: each async layer around it would
+        // add to every idle connection's task.
+        self.as_ref().ready(Interest::READABLE)
+    }
+}
+
+impl<T: AsyncRead + tokio::io::AsyncWrite + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {}
+
+/// A framed reader: the connection loop's only view of its transport.
+pub trait FrameSource: Send + 'static {
+    /// The next frame. Cancel-safe: no bytes are lost when dropped mid-way.
+    /// An error ends the connection.
+    fn next(&mut self) -> impl Future<Output = io::Result<Frame>> + Send;
+
+    /// True when bytes are buffered (a frame may be decodable without reading).
+    fn has_buffered(&self) -> bool;
+
+    /// Resolves when the transport has bytes to read (a hint).
+    fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send;
+
+    /// The next frame if it is there without waiting: already buffered, or
+    /// readable from the transport right now.
+    fn try_next(&mut self) -> Option<io::Result<Frame>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match std::pin::pin!(self.next()).poll(&mut cx) {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
+        }
+    }
+}
+
+/// Reads more bytes into `buf` (0 at EOF). An empty buffer without room is
+/// allocated only once the transport is readable; a full one grows by
+/// doubling, from `FIRST_READ` up to `MAX_READ` per read.
+pub async fn fill<R: ReadSource>(inner: &mut R, buf: &mut BytesMut) -> io::Result<usize> {
+    if buf.capacity() == buf.len() {
+        if buf.is_empty() {
+            inner.wait_readable().await?;
+            buf.reserve(FIRST_READ);
+        } else {
+            buf.reserve(buf.len().clamp(FIRST_READ, MAX_READ));
+        }
+    }
+    inner.read_buf(buf).await
+}
