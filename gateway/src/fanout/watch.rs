@@ -84,10 +84,12 @@ pub async fn run(
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                 }
-                ready.send_replace(true);
                 backoff.reset();
                 failed = None;
+                // Before reporting ready: a client that connects once the
+                // gateway is ready has missed nothing and needs no RESYNC.
                 announce(&fanout, opened_before, !after.is_empty());
+                ready.send_replace(true);
                 opened_before = true;
                 let stream = response.into_inner();
                 let ended = follow(&fanout, stream, &mut last, !after.is_empty(), &stop).await;

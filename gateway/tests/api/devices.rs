@@ -69,3 +69,22 @@ async fn a_bad_device_name_fails_the_auth_and_closes() {
     app.authed_device("kay", &"é".repeat(32)).await;
     app.authed_device("kay", &"x".repeat(64)).await;
 }
+
+#[tokio::test]
+async fn a_device_on_the_other_transport_is_the_same_users_device() {
+    let app = spawn_app().await;
+    let mut here = app.authed("both-ways").await;
+    let mut there = app.other_client().await;
+    let auth = there
+        .request(json!({"type":"auth","data":{"token":token("both-ways"),"device":"web"}}))
+        .await;
+    assert_eq!(auth["success"], true, "{auth}");
+    here.update(7, 3.0).await;
+    let event = there.recv_type("progress_broadcast").await;
+    assert_eq!(event["channel"], "user");
+    assert_eq!(event["data"]["chapter"], 3);
+    there.update(7, 4.0).await;
+    let event = here.recv_type("progress_broadcast").await;
+    assert_eq!(event["data"]["chapter"], 4);
+    assert_eq!(event["data"]["device"], "web");
+}
