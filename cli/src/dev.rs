@@ -20,6 +20,9 @@ pub struct DevArgs {
     /// Gateway (JSON lines over TCP).
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub gateway_listen: SocketAddr,
+    /// Gateway WebSocket port and the live progress page.
+    #[arg(long, default_value = "127.0.0.1:8082")]
+    pub ws_listen: SocketAddr,
     /// Progress service (gRPC).
     #[arg(long, default_value = "127.0.0.1:8083")]
     pub progress_listen: SocketAddr,
@@ -74,6 +77,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "gateway".to_owned(),
         "--listen".into(),
         port(args.gateway_listen).to_string(),
+        "--ws-listen".into(),
+        port(args.ws_listen).to_string(),
         "--metrics-listen".into(),
         port(args.gateway_admin).to_string(),
         "--progress-url".into(),
@@ -87,6 +92,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let gateway = gateway::Gateway::build(listener, gateway_config)?;
     let gateway_addr = gateway.local_addr()?;
     let gateway_admin = gateway.admin_addr();
+    let gateway_ws = gateway.ws_addr();
     let mut readiness = gateway.readiness();
     let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.run(async {
@@ -118,6 +124,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = writeln!(banner, "  JWT secret:       export JWT_SECRET={secret}");
     }
     let _ = writeln!(banner, "  demo token:       {token}");
+    if let Some(ws) = gateway_ws {
+        let _ = writeln!(banner, "  live page:        http://{ws}/#token={token}");
+    }
     banner.push('\n');
     let _ = writeln!(banner, "Try, in two more terminals:");
     let _ = writeln!(
