@@ -51,7 +51,7 @@ async function finish(code, message) {
   process.exit(code);
 }
 
-const context = await browser.newContext({ viewport: { width: 1000, height: 640 } });
+const context = await browser.newContext({ viewport: { width: 1000, height: 400 } });
 const page = await context.newPage();
 page.on("console", (m) => process.stderr.write(`[page ${m.type()}] ${m.text()}\n`));
 page.on("pageerror", (e) => finish(1, `script error in the page: ${e.message}`));

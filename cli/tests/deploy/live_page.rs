@@ -268,20 +268,22 @@ async fn live_page_in_chromium_syncs_with_a_tcp_device() {
     .expect("token");
     let mut phone = LineClient::connect(gateway.tcp).await;
     authenticate(&mut phone, &token, "phone").await;
-    // The phone waits for its replies by type: a connection made just as the
-    // gateway turns ready may also be sent a `system` RESYNC (the gateway
-    // decides on it after it reports ready).
+    // Strictly reply after reply: connected after the gateway reported ready,
+    // the phone has missed nothing and must get no RESYNC.
     for data in [
         json!({"manga_id": 7, "chapter": 12.25, "page": 4}),
         json!({"manga_id": 42, "chapter": 76.5}),
         json!({"manga_id": 108, "chapter": 3}),
         json!({"manga_id": 1001, "chapter": 0, "status": "plan_to_read"}),
     ] {
-        phone
-            .send(json!({"type": "progress_update", "data": data}))
+        let ack = phone
+            .request(json!({"type": "progress_update", "data": data}))
             .await;
-        let ack = phone.recv_type("progress_ack").await;
-        assert_eq!(ack["applied"], true, "{ack}");
+        assert_eq!(
+            (&ack["type"], &ack["applied"]),
+            (&json!("progress_ack"), &json!(true)),
+            "{ack}"
+        );
     }
 
     let shot = screenshot_path(tmp.path());
@@ -316,7 +318,8 @@ async fn live_page_in_chromium_syncs_with_a_tcp_device() {
         sent.contains("saved: manga 7, chapter 13, page 5"),
         "{sent}"
     );
-    let event = phone.recv_type("progress_broadcast").await;
+    let event = phone.recv().await;
+    assert_eq!(event["type"], "progress_broadcast", "{event}");
     assert_eq!(event["channel"], "user", "{event}");
     let record = &event["data"];
     assert_eq!(
@@ -328,10 +331,10 @@ async fn live_page_in_chromium_syncs_with_a_tcp_device() {
     assert_eq!(record["device"], "web", "{event}");
 
     // The phone deletes → the row goes within 1 s.
-    phone
-        .send(json!({"type": "delete_progress", "data": {"manga_id": 108}}))
+    let deleted = phone
+        .request(json!({"type": "delete_progress", "data": {"manga_id": 108}}))
         .await;
-    let deleted = phone.recv_type("progress_deleted").await;
+    assert_eq!(deleted["type"], "progress_deleted", "{deleted}");
     assert_eq!(deleted["data"]["manga_id"], 108, "{deleted}");
     page.command("GONE 108", "GONE").await;
     // Manga 7's highlight over, so that the picture shows one.
@@ -350,7 +353,8 @@ async fn live_page_in_chromium_syncs_with_a_tcp_device() {
     let end_to_end = sent_at.elapsed();
     let ms: u64 = seen.parse().expect("SEEN <ms>");
     assert!(ms <= 1000, "the page took {ms} ms");
-    let ack = phone.recv_type("progress_ack").await;
+    let ack = phone.recv().await;
+    assert_eq!(ack["type"], "progress_ack", "{ack}");
     assert_eq!(ack["applied"], true, "{ack}");
     eprintln!("live page: phone update shown after {ms} ms ({end_to_end:?} end to end)");
 
