@@ -163,7 +163,9 @@ async fn compose_topology_runs_a_full_scenario_natively() {
     };
 
     // The live page is served, and Alice's browser tab is on the WebSocket.
-    let (status, page) = http_get(ws, "/").await.expect("GET / on the WebSocket port");
+    let (status, page) = http_get(ws, "/")
+        .await
+        .expect("GET / on the WebSocket port");
     assert_eq!(status, 200, "{page}");
     let mut browser = testkit::LineClient::connect_ws(ws).await;
     let token = gateway::auth::mint_hs256(
