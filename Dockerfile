@@ -44,6 +44,7 @@ COPY --from=builder --chown=65532:65532 /out/data /data
 WORKDIR /data
 USER 65532:65532
 ENV LOG_FORMAT=json
-# gRPC 8083, gateway TCP 8081, admin HTTP (metrics, healthz, readyz) as configured.
-EXPOSE 8081 8083
+# gRPC 8083, gateway TCP 8081 and WebSocket 8082, admin HTTP (metrics,
+# healthz, readyz) as configured.
+EXPOSE 8081 8082 8083
 CMD ["progress-service"]

@@ -23,7 +23,7 @@ pub struct DevArgs {
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub gateway_listen: SocketAddr,
     /// Gateway WebSocket port: the same protocol at /ws, the live page at /.
-    #[arg(long, default_value = "127.0.0.1:8082")]
+    #[arg(long, alias = "ws-listen", default_value = "127.0.0.1:8082")]
     pub gateway_ws_listen: SocketAddr,
     /// Progress service (gRPC).
     #[arg(long, default_value = "127.0.0.1:8083")]

@@ -4,37 +4,10 @@
 //! Input: `[cap][n][n chunk sizes][stream…]`; the cap is 1..=64 bytes and the
 //! reads cycle through the chunk sizes (1..=256 bytes each).
 
-use std::io;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use gateway::connection::frames::{Frame, FrameSource};
+use gateway::connection::lines::LineReader;
 
-use gateway::connection::lines::{Frame, LineReader, ReadSource};
-use tokio::io::{AsyncRead, ReadBuf};
-
-/// A transport that is always ready and hands out `stream` in chunks.
-struct Chunked {
-    stream: Vec<u8>,
-    sent: usize,
-    sizes: Vec<usize>,
-    reads: usize,
-}
-
-impl AsyncRead for Chunked {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let size = self.sizes[self.reads % self.sizes.len()];
-        let n = size.min(buf.remaining()).min(self.stream.len() - self.sent);
-        buf.put_slice(&self.stream[self.sent..self.sent + n]);
-        self.sent += n;
-        self.reads += 1;
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl ReadSource for Chunked {}
+use crate::chunked::Chunked;
 
 #[derive(Debug, PartialEq, Eq)]
 enum Expected<'a> {
@@ -66,20 +39,9 @@ fn model(stream: &[u8], cap: usize) -> Vec<Expected<'_>> {
 
 pub fn check(data: &[u8]) {
     let cap = usize::from(data.first().copied().unwrap_or(16) % 64) + 1;
-    let n = usize::from(data.get(1).copied().unwrap_or(0) % 8) + 1;
-    let sizes: Vec<usize> = (0..n)
-        .map(|i| usize::from(data.get(2 + i).copied().unwrap_or(255)) + 1)
-        .collect();
-    let stream = data.get(2 + n..).unwrap_or_default();
-    let largest_read = sizes.iter().copied().max().unwrap_or(1);
-
+    let (source, stream) = Chunked::from_input(data.get(1..).unwrap_or_default());
+    let largest_read = source.largest_read();
     let expected = model(stream, cap);
-    let source = Chunked {
-        stream: stream.to_vec(),
-        sent: 0,
-        sizes,
-        reads: 0,
-    };
     let mut reader = LineReader::new(source, cap);
     let mut got = Vec::new();
     loop {
@@ -99,6 +61,7 @@ pub fn check(data: &[u8]) {
                 got.push(Some(line));
             }
             Frame::TooLarge => got.push(None),
+            Frame::Binary | Frame::Skip => panic!("a line reader reported a WebSocket frame"),
         }
         assert!(got.len() <= expected.len(), "more frames than the model");
     }

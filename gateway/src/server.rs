@@ -386,7 +386,8 @@ async fn serve_tls(
 
 /// A connection to the WebSocket port: TLS when configured, then HTTP (the
 /// page, or the upgrade), within `AUTH_TIMEOUT` together; then the same
-/// connection loop as TCP.
+/// connection loop as TCP, spawned as a task of its own so that the
+/// handshake's state does not stay with an idle connection.
 async fn serve_websocket(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -403,7 +404,10 @@ async fn serve_websocket(
                 return;
             };
             let (reader, writer) = stream.into_split();
-            connection::serve_websocket(shared, reader, leftover, writer, id, stop, slot).await;
+            let tasks = shared.tasks.clone();
+            tasks.spawn(connection::serve_websocket(
+                shared, reader, leftover, writer, id, stop, slot,
+            ));
         }
         Some(acceptor) => {
             let Some(mut stream) = accept_tls(&shared, stream, acceptor, id, &stop).await else {
@@ -413,7 +417,10 @@ async fn serve_websocket(
                 return;
             };
             let (reader, writer) = tokio::io::split(stream);
-            connection::serve_websocket(shared, reader, leftover, writer, id, stop, slot).await;
+            let tasks = shared.tasks.clone();
+            tasks.spawn(connection::serve_websocket(
+                shared, reader, leftover, writer, id, stop, slot,
+            ));
         }
     }
 }

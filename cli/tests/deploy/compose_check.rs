@@ -266,6 +266,10 @@ fn compose_topology_is_the_documented_one() {
             published.iter().any(|p| p.ends_with("8081:8081")),
             "{file}: gateway publishes 8081"
         );
+        assert!(
+            published.iter().any(|p| p.ends_with("8082:8082")),
+            "{file}: gateway publishes its WebSocket port 8082"
+        );
 
         for (name, service) in &services {
             for (dep, condition) in compose::depends_on(service) {

@@ -1,7 +1,8 @@
 //! The compose topology, natively: a private Redis with AOF and a private
 //! Postgres, the real `progress-service` (hybrid) and `gateway` binaries run
 //! with the compose file's environment (addresses swapped for free loopback
-//! ports, secrets from `.env.example`), and a scenario through `mangahub client`.
+//! ports, secrets from `.env.example`), and a scenario through `mangahub client`
+//! and a WebSocket client.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -110,6 +111,7 @@ async fn compose_topology_runs_a_full_scenario_natively() {
 
     let gateway_def = compose::service(&doc, "gateway");
     let tcp = loopback();
+    let ws = loopback();
     let gateway_admin = loopback();
     let mut gateway = Service::start(
         GATEWAY,
@@ -118,7 +120,7 @@ async fn compose_topology_runs_a_full_scenario_natively() {
             &gateway_def,
             &[
                 ("GATEWAY_LISTEN", tcp.to_string()),
-                ("WS_LISTEN", "off".to_owned()),
+                ("WS_LISTEN", ws.to_string()),
                 ("METRICS_LISTEN", gateway_admin.to_string()),
                 ("PROGRESS_URL", format!("http://{grpc}")),
             ],
@@ -160,6 +162,24 @@ async fn compose_topology_runs_a_full_scenario_natively() {
         Background::start(&mangahub, &args, &client_env)
     };
 
+    // The live page is served, and Alice's browser tab is on the WebSocket.
+    let (status, page) = http_get(ws, "/")
+        .await
+        .expect("GET / on the WebSocket port");
+    assert_eq!(status, 200, "{page}");
+    let mut browser = testkit::LineClient::connect_ws(ws).await;
+    let token = gateway::auth::mint_hs256(
+        secrets["JWT_SECRET"].as_bytes(),
+        "alice",
+        None,
+        Duration::from_secs(600),
+    )
+    .expect("token");
+    let auth = browser
+        .request(json!({"type":"auth","data":{"token":token,"device":"web"}}))
+        .await;
+    assert_eq!(auth["success"], true, "{auth}");
+
     // Alice's tablet (also on manga:42) and Bob on the global channel.
     let tablet = background("alice", &["watch", "--manga", "42", "--count", "1"]);
     let bob = background("bob", &["watch", "--global", "--count", "1"]);
@@ -182,6 +202,10 @@ async fn compose_topology_runs_a_full_scenario_natively() {
     );
     assert_eq!(record["version"], 1, "{ack}");
     assert_eq!(record["status"], "reading", "{ack}");
+
+    let seen = browser.recv_type("progress_broadcast").await;
+    assert_eq!(seen["channel"], "user", "{seen}");
+    assert_eq!(seen["data"]["chapter"], json!(76.5), "{seen}");
 
     let got = client("alice", &["get", "--manga", "42"]).await;
     assert_eq!(got["type"], "progress", "{got}");

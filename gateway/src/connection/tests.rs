@@ -57,6 +57,31 @@ async fn an_idle_tcp_connections_future_stays_within_its_budget() {
     );
 }
 
+#[tokio::test]
+async fn an_idle_websocket_connections_future_stays_within_its_budget() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+        .await
+        .unwrap();
+    let (server, _) = listener.accept().await.unwrap();
+    let (read, write) = server.into_split();
+    let future = serve_websocket(
+        shared(&[]),
+        read,
+        BytesMut::new(),
+        write,
+        1,
+        CancellationToken::new(),
+        slot(),
+    );
+    let size = std::mem::size_of_val(&future);
+    assert!(
+        size <= IDLE_WEBSOCKET_FUTURE_BUDGET,
+        "a WebSocket connection's future is {size} bytes, over its budget of \
+         {IDLE_WEBSOCKET_FUTURE_BUDGET}: see the notes at IDLE_FUTURE_BUDGET"
+    );
+}
+
 /// Reads lines until the server closes; returns them.
 async fn read_to_close<R: tokio::io::AsyncRead + Unpin>(reader: R) -> Vec<String> {
     let mut lines = BufReader::new(reader).lines();

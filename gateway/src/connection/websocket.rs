@@ -74,6 +74,17 @@ impl<R: ReadSource> MessageReader<R> {
         }
     }
 
+    /// Bytes held: buffered input plus the message being joined (the fuzz
+    /// checks bound it).
+    #[doc(hidden)]
+    pub fn buffered_len(&self) -> usize {
+        let joined = match &self.message {
+            Message::Text(text) => text.len(),
+            Message::None | Message::Skipping => 0,
+        };
+        self.buf.len() + joined
+    }
+
     /// Decodes what is buffered: a frame for the loop, `None` when more bytes
     /// are needed, or the close code of a protocol violation.
     fn decode(&mut self) -> Result<Option<Frame>, CloseCode> {

@@ -167,9 +167,11 @@ impl Outbound {
         self.push_inner(line, false, true)
     }
 
-    /// Answers a WebSocket ping (with its payload) at once.
+    /// Answers a WebSocket ping (with its payload) at once. Counted against
+    /// the queue's limit: a client that pings without reading is a slow
+    /// consumer like any other.
     pub fn pong(self: &Arc<Self>, payload: Bytes) {
-        self.enqueue(Item::pong(payload), false, false);
+        self.enqueue(Item::pong(payload), true, false);
         self.flush();
     }
 
