@@ -13,7 +13,7 @@ pub use crate::client::conn::Conn;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Gateway address.
+    /// Gateway address (JSON lines over TCP).
     #[arg(long, env = "MANGAHUB_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: String,
     /// Shared HS256 secret the gateway verifies tokens with.

@@ -118,6 +118,7 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
             "rejected",
             "server CPU %",
             "bench CPU %",
+            "other CPU %",
             "server ns / delivery",
             "bench ns / delivery",
         ],
@@ -128,7 +129,7 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
             publisher.phase(set, args.warmup, args).await?;
             let cpu = Cpu::now(&args.pid)?;
             let phase = publisher.phase(set, args.duration, args).await?;
-            let (server, bench) = cpu.since()?;
+            let used = cpu.since()?;
             let secs = phase.elapsed.as_secs_f64();
             let per_delivery = |cpu: Duration| match phase.delivered {
                 0 => "-".to_owned(),
@@ -143,15 +144,17 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
                 phase.lost.to_string(),
                 phase.disconnected.to_string(),
                 phase.rejected.to_string(),
-                server.map_or("-".into(), |cpu| percent(cpu, phase.elapsed)),
-                percent(bench, phase.elapsed),
-                server.map_or("-".into(), per_delivery),
-                per_delivery(bench),
+                used.server
+                    .map_or("-".into(), |cpu| percent(cpu, phase.elapsed)),
+                percent(used.bench, phase.elapsed),
+                percent(used.other, phase.elapsed),
+                used.server.map_or("-".into(), per_delivery),
+                per_delivery(used.bench),
             ]);
         }
     }
     table.note(
-        "CPU: of one core, over the phase (first publish to last event); the server's (its processes together) with --pid; the bench shares the machine".into(),
+        "CPU: % of one core over the phase (first publish to last event); the server's (its processes together) with --pid; other: the rest of the machine (a quiet one: near 0)".into(),
     );
     if sets.len() > 1 {
         table.note(
@@ -161,11 +164,22 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
     Ok(table)
 }
 
-/// CPU time used so far by the server's processes and by this one.
+/// CPU time used so far by the server's processes, by this one and by the
+/// whole machine.
 struct Cpu {
     pids: Vec<u32>,
     server: Duration,
     bench: Duration,
+    machine: Duration,
+}
+
+/// CPU used over a phase.
+struct CpuUsed {
+    /// `None` without pids.
+    server: Option<Duration>,
+    bench: Duration,
+    /// Everything else on the machine (without pids, the server too).
+    other: Duration,
 }
 
 impl Cpu {
@@ -178,14 +192,20 @@ impl Cpu {
             pids: pids.to_vec(),
             server,
             bench: procfs::cpu_time(None)?,
+            machine: procfs::machine_busy()?,
         })
     }
 
-    /// CPU used since: the server's (`None` without pids), and this process's.
-    fn since(&self) -> anyhow::Result<(Option<Duration>, Duration)> {
+    fn since(&self) -> anyhow::Result<CpuUsed> {
         let now = Self::now(&self.pids)?;
-        let server = (!self.pids.is_empty()).then(|| now.server.saturating_sub(self.server));
-        Ok((server, now.bench.saturating_sub(self.bench)))
+        let server = now.server.saturating_sub(self.server);
+        let bench = now.bench.saturating_sub(self.bench);
+        let machine = now.machine.saturating_sub(self.machine);
+        Ok(CpuUsed {
+            server: (!self.pids.is_empty()).then_some(server),
+            bench,
+            other: machine.saturating_sub(server + bench),
+        })
     }
 }
 
