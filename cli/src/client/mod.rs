@@ -24,7 +24,7 @@ pub struct ClientArgs {
     /// Gateway address: host:port (JSON lines over TCP) or
     /// ws://host:port/ws (WebSocket); several, comma-separated, are tried in
     /// order (the first that accepts the connection is used). Default
-    /// 127.0.0.1:8081, with --ws 127.0.0.1:8082.
+    /// 127.0.0.1:8081, with --ws 127.0.0.1:8082 (the WebSocket port).
     #[arg(long, env = "MANGAHUB_ADDR", global = true)]
     pub addr: Option<String>,
     /// Use WebSocket: host:port addresses mean ws://host:port/ws.

@@ -96,16 +96,22 @@ impl Transport {
             }
             Endpoint::WebSocket { url, .. } => {
                 let config = websocket_config(read_buffer);
-                let (ws, _) =
-                    tokio_tungstenite::client_async_with_config(url, stream, Some(config))
-                        .await
-                        .map_err(|err| match err {
-                            tungstenite::Error::Http(response) => anyhow::anyhow!(
-                                "the WebSocket upgrade was refused: HTTP {}",
-                                response.status()
-                            ),
-                            err => anyhow::Error::new(err).context("WebSocket handshake"),
-                        })?;
+                let (ws, _) = tokio_tungstenite::client_async_with_config(
+                    url,
+                    stream,
+                    Some(config),
+                )
+                .await
+                .map_err(|err| match err {
+                    tungstenite::Error::Http(response) => anyhow::anyhow!(
+                        "the WebSocket upgrade was refused: HTTP {}",
+                        response.status()
+                    ),
+                    // Its text already names its cause (no error chain to add).
+                    err => anyhow::anyhow!(
+                        "no WebSocket handshake (is this the gateway's WebSocket port?): {err}"
+                    ),
+                })?;
                 Ok(Self::WebSocket(Box::new(ws)))
             }
         }
