@@ -122,6 +122,33 @@ pub async fn open_many_with(
     Ok(conns)
 }
 
+/// Raises this process's soft limit on open files to its hard limit (with
+/// prlimit(1): the workspace forbids the unsafe setrlimit call), so that it
+/// and the servers it starts may hold as many connections as the machine
+/// allows; returns the soft limit then in force.
+pub fn raise_open_files_limit() -> anyhow::Result<Option<u64>> {
+    let (Some(soft), Some(hard)) = (
+        open_files_limit(),
+        open_files_limit_column("/proc/self/limits", 4),
+    ) else {
+        return Ok(open_files_limit());
+    };
+    if soft < hard {
+        let status = std::process::Command::new("prlimit")
+            .args([
+                "--pid",
+                &std::process::id().to_string(),
+                &format!("--nofile={hard}:{hard}"),
+            ])
+            .status()
+            .context("running prlimit")?;
+        if !status.success() {
+            tracing::warn!(soft, hard, "prlimit could not raise the open-files limit");
+        }
+    }
+    Ok(open_files_limit())
+}
+
 /// The soft limit on open files of this process, from `/proc/self/limits`.
 pub fn open_files_limit() -> Option<u64> {
     open_files_limit_at("/proc/self/limits")
@@ -133,9 +160,14 @@ pub fn open_files_limit_of(pid: u32) -> Option<u64> {
 }
 
 fn open_files_limit_at(path: &str) -> Option<u64> {
+    open_files_limit_column(path, 3)
+}
+
+/// Column 3 of the "Max open files" line is the soft limit, 4 the hard one.
+fn open_files_limit_column(path: &str, column: usize) -> Option<u64> {
     let limits = std::fs::read_to_string(path).ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line.split_whitespace().nth(3)?.parse().ok()
+    line.split_whitespace().nth(column)?.parse().ok()
 }
 
 /// A label for runs of this process, so users of different runs never collide.

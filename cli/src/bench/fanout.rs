@@ -12,26 +12,28 @@
 //!
 //! The gateway's rate limits apply to the publisher: raise them (see
 //! docs/benchmarks.md), or the figure is the limit.
+//!
+//! With `--sweep`, the curves instead: see `fanout_sweep`.
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use mangahub_model::Chapter;
+use tokio::task::JoinHandle;
 
 use super::conns::{self, Conn, GatewayArgs, Transport, TransportArgs};
+use super::deliveries::{Arrivals, Counts};
+use super::fanout_sweep;
 use super::procfs;
+use super::publish::{Bounds, Publisher, Sink};
 use super::report::Table;
 use crate::client::conn::{REPLY_TIMEOUT, Reply};
 
 /// A subscriber reads floods of events: 8 KiB takes ~30 of them per read
 /// (the CLI's default 1 KiB would take ~3), on either transport.
 const SUBSCRIBER_READ_BUFFER: usize = 8 * 1024;
-/// After the last publish, how long the events may take to arrive.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often the drain checks the subscribers' counts.
-const DRAIN_POLL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
@@ -60,9 +62,45 @@ pub struct FanoutArgs {
     /// they use in each phase.
     #[arg(long, value_delimiter = ',')]
     pub pid: Vec<u32>,
+    /// Curves instead of one point: each subscriber count in turn (TCP),
+    /// throughput then latency, each beside --against in the same run.
+    #[arg(long, value_delimiter = ',', requires = "start")]
+    pub sweep: Vec<usize>,
+    /// The same-run reference of a sweep.
+    #[arg(long, value_enum, requires = "sweep")]
+    pub against: Option<fanout_sweep::Reference>,
+    /// Start a fresh progress service and gateway (with --jwt-secret) for
+    /// the sweep instead of using a running one.
+    #[arg(long)]
+    pub start: bool,
+    /// With --start: directory of the progress-service and gateway binaries
+    /// (default: beside this executable).
+    #[arg(long, requires = "start")]
+    pub bin_dir: Option<PathBuf>,
+    /// Where a sweep writes its CSV and SVG charts.
+    #[arg(long, requires = "sweep")]
+    pub chart_dir: Option<PathBuf>,
+    /// A sweep's latency phase: messages per second from the publisher.
+    #[arg(long, default_value_t = 100)]
+    pub latency_rate: u32,
+    /// A sweep's latency phase: how long it publishes.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub latency_duration: Duration,
+}
+
+impl FanoutArgs {
+    pub fn bounds(&self) -> Bounds {
+        Bounds {
+            inflight: self.inflight,
+            max_lag: self.max_lag,
+        }
+    }
 }
 
 pub fn run(args: &FanoutArgs) -> anyhow::Result<()> {
+    if !args.sweep.is_empty() {
+        return fanout_sweep::run(args);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -82,18 +120,19 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
             args.subscribers
         );
         let gateway = args.transport.gateway(&args.gateway, transport);
-        sets.push(Subscribers::start(&gateway, transport, manga, run, args.subscribers).await?);
+        sets.push(
+            Subscribers::start(
+                &gateway,
+                manga,
+                run,
+                args.subscribers,
+                Arc::new(Arrivals::new(0)),
+            )
+            .await?
+            .with_transport(transport),
+        );
     }
-    let token = crate::token::mint(
-        &args.gateway.jwt_secret,
-        &format!("bench-fanout-{run}-publisher"),
-        None,
-        Duration::from_secs(3600),
-    )?;
-    let mut publisher = Publisher {
-        conn: Conn::open(&args.gateway.addr, &token, None).await?,
-        next: 0,
-    };
+    let mut publisher = Publisher::new(GatewaySink::open(&args.gateway, run).await?);
 
     let mut table = Table::new(
         "fanout",
@@ -126,9 +165,14 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
     for round in 1..=args.rounds.max(1) {
         for set in &sets {
             eprintln!("{}: round {round}…", set.transport.name());
-            publisher.phase(set, args.warmup, args).await?;
+            publisher.sink.manga = set.manga;
+            publisher
+                .throughput(&set.counts, args.warmup, args.bounds())
+                .await?;
             let cpu = Cpu::now(&args.pid)?;
-            let phase = publisher.phase(set, args.duration, args).await?;
+            let phase = publisher
+                .throughput(&set.counts, args.duration, args.bounds())
+                .await?;
             let used = cpu.since()?;
             let secs = phase.elapsed.as_secs_f64();
             let per_delivery = |cpu: Duration| match phase.delivered {
@@ -166,7 +210,7 @@ async fn measure(args: &FanoutArgs) -> anyhow::Result<Table> {
 
 /// CPU time used so far by the server's processes, by this one and by the
 /// whole machine.
-struct Cpu {
+pub struct Cpu {
     pids: Vec<u32>,
     server: Duration,
     bench: Duration,
@@ -174,16 +218,16 @@ struct Cpu {
 }
 
 /// CPU used over a phase.
-struct CpuUsed {
+pub struct CpuUsed {
     /// `None` without pids.
-    server: Option<Duration>,
-    bench: Duration,
+    pub server: Option<Duration>,
+    pub bench: Duration,
     /// Everything else on the machine (without pids, the server too).
-    other: Duration,
+    pub other: Duration,
 }
 
 impl Cpu {
-    fn now(pids: &[u32]) -> anyhow::Result<Self> {
+    pub fn now(pids: &[u32]) -> anyhow::Result<Self> {
         let mut server = Duration::ZERO;
         for &pid in pids {
             server += procfs::cpu_time(Some(pid))?;
@@ -196,7 +240,7 @@ impl Cpu {
         })
     }
 
-    fn since(&self) -> anyhow::Result<CpuUsed> {
+    pub fn since(&self) -> anyhow::Result<CpuUsed> {
         let now = Self::now(&self.pids)?;
         let server = now.server.saturating_sub(self.server);
         let bench = now.bench.saturating_sub(self.bench);
@@ -209,44 +253,64 @@ impl Cpu {
     }
 }
 
-fn percent(cpu: Duration, over: Duration) -> String {
+pub fn percent(cpu: Duration, over: Duration) -> String {
     format!(
         "{:.0}",
         100.0 * cpu.as_secs_f64() / over.as_secs_f64().max(f64::EPSILON)
     )
 }
 
-/// One transport's subscribers, each reading in its own task.
-struct Subscribers {
+/// One transport's subscribers, each reading in its own task; closed when
+/// dropped.
+pub struct Subscribers {
     transport: Transport,
     manga: i64,
-    counts: Arc<Counts>,
+    pub counts: Arc<Counts>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Subscribers {
-    async fn start(
+    /// `count` subscribers of `manga`, each its own user; during a latency
+    /// phase each tells `arrivals` which update an event is of.
+    pub async fn start(
         gateway: &GatewayArgs,
-        transport: Transport,
         manga: i64,
         run: i64,
         count: usize,
+        arrivals: Arc<Arrivals>,
     ) -> anyhow::Result<Self> {
         let prefix = format!("bench-fanout-{run}-{manga}");
         let conns = conns::open_many_with(gateway, &prefix, count, SUBSCRIBER_READ_BUFFER).await?;
         let counts = Arc::new(Counts::new(count));
         let subscribe = format!(r#"{{"type":"subscribe","data":{{"manga_id":{manga}}}}}"#);
+        let mut tasks = Vec::with_capacity(count);
         for (i, mut conn) in conns.into_iter().enumerate() {
             let reply = conn.request(&subscribe).await?;
             if reply.kind != "subscribed" {
                 bail!("subscribing answered {}", conn.last_line());
             }
-            tokio::spawn(receive(conn, counts.clone(), i));
+            tasks.push(tokio::spawn(receive(
+                conn,
+                counts.clone(),
+                arrivals.clone(),
+                i,
+            )));
         }
         Ok(Self {
-            transport,
+            transport: Transport::Tcp,
             manga,
             counts,
+            tasks,
         })
+    }
+
+    fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    pub fn manga(&self) -> i64 {
+        self.manga
     }
 
     fn len(&self) -> usize {
@@ -254,150 +318,76 @@ impl Subscribers {
     }
 }
 
+impl Drop for Subscribers {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}
+
 /// Counts the events a subscriber receives until its connection ends.
-async fn receive(mut conn: Conn, counts: Arc<Counts>, i: usize) {
+async fn receive(mut conn: Conn, counts: Arc<Counts>, arrivals: Arc<Arrivals>, i: usize) {
     let mut received = 0;
     while let Ok(Some(message)) = conn.next_line().await {
         if message.contains("\"progress_broadcast\"") {
             received += 1;
-            counts.set(i, received);
+            counts.set(i, received, message.len());
+            if arrivals.tracking()
+                && let Some(update) = chapter_hundredths(message)
+            {
+                arrivals.arrived(update);
+            }
         }
     }
     counts.close(i);
 }
 
-/// Each subscriber's count of events, and whether it is still connected,
-/// written by its task alone and summed by the publisher.
-struct Counts(Vec<AtomicU64>);
-
-/// Slots per subscriber: its count and its closed flag, then padding to 64
-/// bytes, so that no two subscribers' tasks write to one cache line.
-const STRIDE: usize = 8;
-
-impl Counts {
-    fn new(subscribers: usize) -> Self {
-        Self(
-            (0..subscribers * STRIDE)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-        )
-    }
-
-    fn len(&self) -> usize {
-        self.0.len() / STRIDE
-    }
-
-    fn set(&self, i: usize, received: u64) {
-        self.0[i * STRIDE].store(received, Ordering::Relaxed);
-    }
-
-    fn close(&self, i: usize) {
-        self.0[i * STRIDE + 1].store(1, Ordering::Relaxed);
-    }
-
-    fn received(&self) -> u64 {
-        self.0
-            .iter()
-            .step_by(STRIDE)
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
-
-    fn closed(&self) -> u64 {
-        self.0
-            .iter()
-            .skip(1)
-            .step_by(STRIDE)
-            .map(|c| c.load(Ordering::Relaxed))
-            .sum()
-    }
+/// The chapter of a broadcast, in hundredths: the number of the update the
+/// publisher sent (see [`GatewaySink`]).
+fn chapter_hundredths(message: &str) -> Option<i64> {
+    let rest = &message[message.find("\"chapter\":")? + "\"chapter\":".len()..];
+    let number = &rest[..rest
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(rest.len())];
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    let frac = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<i64>().ok()? * 10,
+        _ => frac.get(..2)?.parse().ok()?,
+    };
+    Some(int.parse::<i64>().ok()? * 100 + frac)
 }
 
-struct Publisher {
+/// Publishes over TCP as its own user: update number n sets chapter n/100
+/// of `manga` (always ahead of the last, whichever manga).
+pub struct GatewaySink {
     conn: Conn,
-    /// The next update's number: its request id and, in hundredths, its
-    /// chapter (always ahead of the last, whichever manga).
-    next: i64,
+    pub manga: i64,
 }
 
-#[derive(Debug, Default)]
-struct Phase {
-    elapsed: Duration,
-    applied: u64,
-    rejected: u64,
-    delivered: u64,
-    lost: u64,
-    disconnected: u64,
-}
-
-impl Publisher {
-    /// Publishes to `set`'s manga for `duration`, then waits until every
-    /// subscriber still connected has received every applied update.
-    async fn phase(
-        &mut self,
-        set: &Subscribers,
-        duration: Duration,
-        args: &FanoutArgs,
-    ) -> anyhow::Result<Phase> {
-        let counts = &set.counts;
-        let subscribers = set.len() as u64 - counts.closed();
-        let closed_before = counts.closed();
-        let base = counts.received();
-        let lag_limit = args.max_lag.saturating_mul(subscribers);
-        let mut received = 0;
-        let (mut sent, mut inflight) = (0u64, 0usize);
-        let mut phase = Phase::default();
-        let start = Instant::now();
-        let end = start + duration;
-        loop {
-            let now = Instant::now();
-            let behind = |received: u64| (sent * subscribers).saturating_sub(received) >= lag_limit;
-            if behind(received) {
-                received = counts.received() - base;
-            }
-            if now < end && inflight < args.inflight.max(1) && !behind(received) {
-                self.send(set.manga).await?;
-                sent += 1;
-                inflight += 1;
-            } else if inflight > 0 {
-                match self.ack().await? {
-                    true => phase.applied += 1,
-                    false => phase.rejected += 1,
-                }
-                inflight -= 1;
-            } else if now >= end {
-                break;
-            } else {
-                // Far enough ahead, nothing in flight: let the subscribers read.
-                tokio::time::sleep(DRAIN_POLL).await;
-            }
-        }
-        let expected = phase.applied * subscribers;
-        let (mut last, mut last_change) = (counts.received() - base, Instant::now());
-        while last < expected && last_change.elapsed() < DRAIN_TIMEOUT {
-            tokio::time::sleep(DRAIN_POLL).await;
-            let now = counts.received() - base;
-            if now != last {
-                (last, last_change) = (now, Instant::now());
-            }
-            if counts.closed() - closed_before == subscribers {
-                break;
-            }
-        }
-        phase.elapsed = last_change - start;
-        phase.delivered = last;
-        phase.lost = expected.saturating_sub(last);
-        phase.disconnected = counts.closed() - closed_before;
-        Ok(phase)
+impl GatewaySink {
+    pub async fn open(gateway: &GatewayArgs, run: i64) -> anyhow::Result<Self> {
+        let token = crate::token::mint(
+            &gateway.jwt_secret,
+            &format!("bench-fanout-{run}-publisher"),
+            None,
+            Duration::from_secs(3600),
+        )?;
+        Ok(Self {
+            conn: Conn::open(&gateway.addr, &token, None).await?,
+            manga: 1,
+        })
     }
+}
 
-    async fn send(&mut self, manga: i64) -> anyhow::Result<()> {
-        self.next += 1;
-        let chapter = Chapter::from_hundredths(self.next)
-            .map_err(|err| anyhow::anyhow!("chapter {}: {err}", self.next))?;
+impl Sink for GatewaySink {
+    async fn send(&mut self, message: i64) -> anyhow::Result<()> {
+        let chapter = Chapter::from_hundredths(message)
+            .map_err(|err| anyhow::anyhow!("chapter {message}: {err}"))?;
         let line = format!(
-            r#"{{"type":"progress_update","id":{},"data":{{"manga_id":{manga},"chapter":{chapter}}}}}"#,
-            self.next
+            r#"{{"type":"progress_update","id":{message},"data":{{"manga_id":{},"chapter":{chapter}}}}}"#,
+            self.manga
         );
         self.conn.send(&line).await
     }
@@ -412,5 +402,23 @@ impl Publisher {
         let reply: Reply =
             serde_json::from_str(line).with_context(|| format!("not a message: {line}"))?;
         Ok(reply.kind == "progress_ack" && reply.applied == Some(true))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chapter_hundredths;
+
+    #[test]
+    fn a_broadcast_names_its_update_by_chapter() {
+        let event = |c: &str| {
+            format!(
+                r#"{{"type":"progress_broadcast","data":{{"manga_id":1,"chapter":{c},"user_id":"u"}}}}"#
+            )
+        };
+        assert_eq!(chapter_hundredths(&event("76")), Some(7600));
+        assert_eq!(chapter_hundredths(&event("76.5")), Some(7650));
+        assert_eq!(chapter_hundredths(&event("0.07")), Some(7));
+        assert_eq!(chapter_hundredths("{}"), None);
     }
 }

@@ -3,11 +3,15 @@
 mod catch_up;
 mod chaos;
 mod conns;
+mod deliveries;
 mod fanout;
+mod fanout_sweep;
 mod grpc;
 mod idle;
 mod processes;
 mod procfs;
+mod publish;
+mod redis_pubsub;
 mod report;
 mod stack;
 mod stats;
@@ -24,7 +28,8 @@ pub enum BenchCommand {
     /// A gateway's memory per idle authenticated connection, per transport.
     Idle(idle::IdleArgs),
     /// Events delivered per second to N subscribers of one manga through a
-    /// running gateway, per transport (TCP, WebSocket, or both in one run).
+    /// running gateway, per transport (TCP, WebSocket, or both in one run);
+    /// with --sweep, curves against subscriber count beside Redis Pub/Sub.
     Fanout(fanout::FanoutArgs),
     /// Devices catching up: a progress-service restart under N gateway clients
     /// (events again, RESYNCs) and `sync` after missed changes, each beside a

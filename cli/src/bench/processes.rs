@@ -60,6 +60,17 @@ impl Binaries {
     }
 }
 
+/// `name` in a directory of `PATH` (children start with a cleared
+/// environment, so they are named by path).
+pub fn on_path(name: &str) -> anyhow::Result<PathBuf> {
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .with_context(|| format!("{name} is not on PATH"))
+}
+
 /// How a process is stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Signal {

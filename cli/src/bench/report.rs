@@ -1,5 +1,6 @@
 //! Bench output: results tables (printed as Markdown, cells as CSV rows), a
-//! progress bar on long runs, and an SVG latency CDF chart for the README.
+//! progress bar on long runs, and SVG charts for the README: a latency CDF,
+//! and curves of a measure against load.
 
 use std::path::Path;
 use std::time::Duration;
@@ -56,13 +57,63 @@ pub fn latency_cdf_svg(
         .x_desc("latency (ms, log scale)")
         .y_desc("fraction of requests")
         .draw()?;
+    draw_lines(&mut chart, series, false, SeriesLabelPosition::LowerRight)?;
+    root.present()?;
+    Ok(())
+}
+
+/// One line per series, each point marked: a measure (`y_desc`, from 0)
+/// against load (`x_desc`, from 0), e.g. deliveries/s against subscribers.
+pub fn curves_svg(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[(String, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let points = || series.iter().flat_map(|(_, points)| points.iter());
+    let max_x = points().map(|p| p.0).fold(1.0_f64, f64::max);
+    let max_y = points()
+        .map(|p| p.1)
+        .filter(|y| y.is_finite())
+        .fold(f64::MIN_POSITIVE, f64::max);
+    let root = SVGBackend::new(path, (900, 540)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(16)
+        .x_label_area_size(40)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..max_x * 1.05, 0.0..max_y * 1.15)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    draw_lines(&mut chart, series, true, SeriesLabelPosition::UpperLeft)?;
+    root.present()?;
+    Ok(())
+}
+
+/// The series of a chart as lines (with a dot on each point when `marks`)
+/// and their legend.
+fn draw_lines<'a, 'b: 'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    series: &[(String, Vec<(f64, f64)>)],
+    marks: bool,
+    legend: SeriesLabelPosition,
+) -> anyhow::Result<()>
+where
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
     for (i, (name, points)) in series.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
+        let points: Vec<(f64, f64)> = points.iter().copied().filter(|p| p.1.is_finite()).collect();
+        if marks {
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
         chart
-            .draw_series(LineSeries::new(
-                points.iter().copied(),
-                color.stroke_width(2),
-            ))?
+            .draw_series(LineSeries::new(points, color.stroke_width(2)))?
             .label(name.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
     }
@@ -70,9 +121,8 @@ pub fn latency_cdf_svg(
         .configure_series_labels()
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::LowerRight)
+        .position(legend)
         .draw()?;
-    root.present()?;
     Ok(())
 }
 
