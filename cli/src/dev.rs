@@ -12,6 +12,8 @@ use anyhow::Context;
 use clap::Parser;
 use tokio::sync::oneshot;
 
+use crate::client::conn::WS_PATH;
+
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     /// Where the SQLite file and the generated dev secret live.
@@ -20,9 +22,9 @@ pub struct DevArgs {
     /// Gateway (JSON lines over TCP).
     #[arg(long, default_value = "127.0.0.1:8081")]
     pub gateway_listen: SocketAddr,
-    /// Gateway WebSocket port and the live progress page.
-    #[arg(long, default_value = "127.0.0.1:8082")]
-    pub ws_listen: SocketAddr,
+    /// Gateway WebSocket port: the same protocol at /ws, the live page at /.
+    #[arg(long, alias = "ws-listen", default_value = "127.0.0.1:8082")]
+    pub gateway_ws_listen: SocketAddr,
     /// Progress service (gRPC).
     #[arg(long, default_value = "127.0.0.1:8083")]
     pub progress_listen: SocketAddr,
@@ -78,7 +80,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "--listen".into(),
         port(args.gateway_listen).to_string(),
         "--ws-listen".into(),
-        port(args.ws_listen).to_string(),
+        port(args.gateway_ws_listen).to_string(),
         "--metrics-listen".into(),
         port(args.gateway_admin).to_string(),
         "--progress-url".into(),
@@ -91,8 +93,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", gateway_config.listen))?;
     let gateway = gateway::Gateway::build(listener, gateway_config)?;
     let gateway_addr = gateway.local_addr()?;
+    let ws_addr = gateway
+        .ws_addr()
+        .context("the gateway's WebSocket port is off")?;
     let gateway_admin = gateway.admin_addr();
-    let gateway_ws = gateway.ws_addr();
     let mut readiness = gateway.readiness();
     let (stop_gateway, gateway_stopped) = oneshot::channel::<()>();
     let gateway_task = tokio::spawn(gateway.run(async {
@@ -112,6 +116,12 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let mut banner = String::new();
     let _ = writeln!(banner, "MangaHub dev is running (Ctrl-C stops it).");
     let _ = writeln!(banner, "  gateway:          {gateway_addr}");
+    let ws_url = format!("ws://{ws_addr}{WS_PATH}");
+    let _ = writeln!(banner, "  websocket:        {ws_url}");
+    let _ = writeln!(
+        banner,
+        "  live page:        http://{ws_addr}/#token={token}"
+    );
     let _ = writeln!(banner, "  progress service: http://{progress_addr}");
     if let (Some(g), Some(p)) = (gateway_admin, progress_admin) {
         let _ = writeln!(
@@ -124,9 +134,6 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let _ = writeln!(banner, "  JWT secret:       export JWT_SECRET={secret}");
     }
     let _ = writeln!(banner, "  demo token:       {token}");
-    if let Some(ws) = gateway_ws {
-        let _ = writeln!(banner, "  live page:        http://{ws}/#token={token}");
-    }
     banner.push('\n');
     let _ = writeln!(banner, "Try, in two more terminals:");
     let _ = writeln!(
@@ -134,12 +141,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         "  export MANGAHUB_ADDR={gateway_addr} MANGAHUB_TOKEN={token}"
     );
     let me = invocation();
+    let ws_watch = format!("client --addr {ws_url} watch");
     for (command, terminal) in [
-        ("client watch", 1),
-        ("client update --manga 42 --chapter 76.5", 2),
+        ("client watch", "terminal 1"),
+        ("client update --manga 42 --chapter 76.5", "terminal 2"),
+        (ws_watch.as_str(), "or terminal 1, over WebSocket"),
     ] {
         let line = format!("{me} {command}");
-        let _ = writeln!(banner, "  {line:<64} # terminal {terminal}");
+        let _ = writeln!(banner, "  {line:<64} # {terminal}");
     }
 
     let _ = std::io::stdout().write_all(banner.as_bytes());

@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Identity};
 use crate::backend::Replicas;
 use crate::config::Config;
-use crate::fanout::{Conn, Fanout, Flushers, Framing, Limiter, Outbound, quota};
+use crate::fanout::{Conn, Fanout, Flushers, Framing, Limiter, Outbound, Outgoing, quota};
 use crate::handlers::{self, Context, Reply, Session};
 use crate::protocol::{
     Device, ErrorCode, ErrorReply, ParseError, Request, ServerMessage, SystemCode, parse_line,
@@ -255,7 +255,8 @@ fn send(out: &Conn, reply: &Reply) {
 
 fn send_shutdown(out: &Conn) {
     metrics::counter!("gateway_messages_out_total", "type" => "system").increment(1);
-    out.push_control(ServerMessage::system(SystemCode::Shutdown, SHUTDOWN_MESSAGE).to_line());
+    let notice = ServerMessage::system(SystemCode::Shutdown, SHUTDOWN_MESSAGE).to_line();
+    out.push_control(&Outgoing::new(notice));
 }
 
 /// The first message, past pings.

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use mangahub_proto::v1 as pb;
 
 pub use outbound::flusher::Flushers;
-pub use outbound::{BoxWriter, CloseCode, Conn, Framing, Outbound};
+pub use outbound::{BoxWriter, CloseCode, Conn, Framing, Outbound, Outgoing};
 pub use registry::{Limiter, quota};
 
 use crate::auth::Identity;
@@ -80,9 +80,9 @@ impl Fanout {
 
     /// Queues `system` for every authenticated connection.
     pub fn broadcast_system(&self, code: SystemCode, message: &str) {
-        let line = ServerMessage::system(code, message).to_line();
+        let notice = Outgoing::new(ServerMessage::system(code, message).to_line());
         self.registry.for_each_connection(|conn| {
-            conn.push_control(line.clone());
+            conn.push_control(&notice);
         });
     }
 
@@ -98,14 +98,15 @@ impl Fanout {
         let seq = self.event_seq.fetch_add(1, Ordering::Relaxed) + 1;
         let origin = self.origin_conn(&event.origin);
         let cursor = cursor(&event.cursor);
-        let mut lines: [Option<Bytes>; 3] = Default::default();
+        // Each label's message, with its WebSocket frame once one is needed.
+        let mut lines: [Option<Outgoing>; 3] = Default::default();
         let mut counts = [0u64; 3];
         let mut send = |audience: Audience, conn: &Conn, make: &dyn Fn(Audience) -> Bytes| {
             if Some(conn.id()) == origin || !conn.first_delivery(seq) {
                 return;
             }
             let at = audience.index();
-            let line = lines[at].get_or_insert_with(|| make(audience)).clone();
+            let line = lines[at].get_or_insert_with(|| Outgoing::new(make(audience)));
             if conn.push(line) {
                 counts[at] += 1;
             }

@@ -2,12 +2,15 @@
 
 mod catch_up;
 mod chaos;
+mod conns;
+mod fanout;
 mod grpc;
 mod idle;
 mod processes;
+mod procfs;
 mod report;
+mod stack;
 mod stats;
-mod tcp;
 mod tcp_updates;
 
 use clap::Subcommand;
@@ -18,8 +21,11 @@ pub enum BenchCommand {
     Grpc(grpc::GrpcArgs),
     /// progress_update throughput and latency through a running gateway, N connections.
     TcpUpdates(tcp_updates::TcpUpdatesArgs),
-    /// A running gateway's memory per idle authenticated connection.
+    /// A gateway's memory per idle authenticated connection, per transport.
     Idle(idle::IdleArgs),
+    /// Events delivered per second to N subscribers of one manga through a
+    /// running gateway, per transport (TCP, WebSocket, or both in one run).
+    Fanout(fanout::FanoutArgs),
     /// Devices catching up: a progress-service restart under N gateway clients
     /// (events again, RESYNCs) and `sync` after missed changes, each beside a
     /// same-run reference; starts the real binaries.
@@ -37,6 +43,7 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Grpc(args) => grpc::run(&args),
         BenchCommand::TcpUpdates(args) => tcp_updates::run(&args),
         BenchCommand::Idle(args) => idle::run(&args),
+        BenchCommand::Fanout(args) => fanout::run(&args),
         BenchCommand::CatchUp(args) => catch_up::run(&args),
         BenchCommand::Chaos(args) => chaos::run(&args),
     }

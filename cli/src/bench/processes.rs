@@ -221,26 +221,30 @@ pub async fn wait_ready(
     }
 }
 
-/// The flags of a gateway started by a bench: its ports, its progress
-/// service(s) (`progress_url`, comma-separated for several), the secret,
-/// rate limits far above the load, and an idle timeout no client reaches.
+/// The flags of a gateway started by a bench: its ports (`ws`: its
+/// WebSocket port, or none), its progress service(s) (`progress_url`,
+/// comma-separated for several), the secret, rate limits far above the load,
+/// and an idle timeout no client reaches.
 pub fn gateway_args(
     listen: SocketAddr,
+    ws: Option<SocketAddr>,
     progress_url: &str,
     jwt_secret: &str,
     admin: SocketAddr,
 ) -> Vec<String> {
+    // Named even when off: the default port is shared by every gateway.
+    let ws = ws.map_or_else(|| "off".to_owned(), |addr| addr.to_string());
     [
         "--listen",
         &listen.to_string(),
+        "--ws-listen",
+        &ws,
         "--progress-url",
         progress_url,
         "--jwt-secret",
         jwt_secret,
         "--metrics-listen",
         &admin.to_string(),
-        "--ws-listen",
-        "off",
         "--rate-limit-per-sec",
         RATE_LIMIT,
         "--rate-limit-burst",

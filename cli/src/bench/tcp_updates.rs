@@ -7,8 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use super::conns::{self, Conn, GatewayArgs};
 use super::stats::Samples;
-use super::tcp::{self, Conn, GatewayArgs};
 
 #[derive(Debug, clap::Args)]
 pub struct TcpUpdatesArgs {
@@ -79,9 +79,9 @@ pub fn run(args: &TcpUpdatesArgs) -> anyhow::Result<()> {
 }
 
 async fn measure(args: &TcpUpdatesArgs) -> anyhow::Result<Tally> {
-    let prefix = format!("bench-tcp-{}", tcp::run_id());
+    let prefix = format!("bench-tcp-{}", conns::run_id());
     eprintln!("opening {} connections…", args.connections);
-    let conns = tcp::open_many(&args.gateway, &prefix, args.connections).await?;
+    let conns = conns::open_many(&args.gateway, &prefix, args.connections).await?;
     let measure_from = Instant::now() + args.warmup;
     let end = measure_from + args.duration;
     let workers: Vec<_> = conns

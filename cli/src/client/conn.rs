@@ -1,18 +1,24 @@
-//! The CLI's one JSON-lines connection to the gateway (contract §5): connect
-//! (to the first of several addresses that accepts), authenticate, send a
-//! line, read a line. `Session` builds requests and events on it; the
-//! benches use it as it is, reading each line in place without copying.
+//! The CLI's one connection to the gateway (contract §5): connect (to the
+//! first of several addresses that accepts), authenticate, send a message,
+//! read a message, over either transport (`transport`: `host:port` is JSON
+//! lines over TCP, `ws://host:port/ws` is WebSocket). `Session` builds
+//! requests and events on it; the benches use it as it is, reading each
+//! message in place.
+
+mod transport;
 
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-/// Enough for any reply the benches expect; larger lines just grow it.
-const READ_BUFFER: usize = 1024;
+use transport::Transport;
+pub use transport::{WS_PATH, over_websocket};
+
+/// Enough for any reply the benches expect; longer messages still arrive
+/// whole (the buffer grows to them).
+pub const READ_BUFFER: usize = 1024;
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The fields of a reply a caller checks most.
@@ -32,11 +38,9 @@ pub struct Reply {
 }
 
 pub struct Conn {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    transport: Transport,
+    /// The last message read (a line keeps its `\n` here).
     line: Vec<u8>,
-    /// A read was cut off by its timeout mid-line: keep what it got.
-    partial: bool,
 }
 
 impl Conn {
@@ -44,14 +48,20 @@ impl Conn {
     /// and authenticates; `device` names this device to the gateway. The
     /// `auth_response` stays readable as [`Conn::last_line`].
     pub async fn open(addrs: &str, token: &str, device: Option<&str>) -> anyhow::Result<Self> {
-        let stream = connect_any(addrs).await?;
-        stream.set_nodelay(true)?;
-        let (read, writer) = stream.into_split();
+        Self::open_with(addrs, token, device, READ_BUFFER).await
+    }
+
+    /// [`Conn::open`] with `read_buffer` bytes to read into (both transports):
+    /// larger for connections that read floods of events.
+    pub async fn open_with(
+        addrs: &str,
+        token: &str,
+        device: Option<&str>,
+        read_buffer: usize,
+    ) -> anyhow::Result<Self> {
         let mut conn = Conn {
-            reader: BufReader::with_capacity(READ_BUFFER, read),
-            writer,
+            transport: transport::connect_any(addrs, read_buffer).await?,
             line: Vec::new(),
-            partial: false,
         };
         let auth = match device {
             Some(device) => {
@@ -67,7 +77,7 @@ impl Conn {
         Ok(conn)
     }
 
-    /// Sends one line and reads the next one (the reply, when nothing else
+    /// Sends one message and reads the next one (the reply, when nothing else
     /// is pushed meanwhile).
     pub async fn request(&mut self, line: &str) -> anyhow::Result<Reply> {
         self.send(line).await?;
@@ -78,18 +88,16 @@ impl Conn {
             .with_context(|| format!("not a message: {}", self.last_line()))
     }
 
+    /// Sends one message (a line, or a text frame).
     pub async fn send(&mut self, line: &str) -> anyhow::Result<()> {
-        let mut out = Vec::with_capacity(line.len() + 1);
-        out.extend_from_slice(line.as_bytes());
-        out.push(b'\n');
-        self.writer.write_all(&out).await?;
-        Ok(())
+        self.transport.send(line).await
     }
 
-    /// The next line within `timeout` (`None` when none came); the gateway
-    /// closing the connection is an error.
+    /// The next message (a line, or a text frame) within `timeout` (`None`
+    /// when none came); the gateway closing the connection is an error.
     pub async fn read_line(&mut self, timeout: Duration) -> anyhow::Result<Option<&str>> {
-        match tokio::time::timeout(timeout, self.fill_line()).await {
+        // Cancel-safe: a read cut off by the timeout continues next time.
+        match tokio::time::timeout(timeout, self.transport.read(&mut self.line)).await {
             Err(_) => Ok(None),
             Ok(read) => {
                 if !read? {
@@ -100,59 +108,30 @@ impl Conn {
         }
     }
 
-    /// The next line, however long it takes; `None` when the gateway closed
+    /// The next message, however long it takes; `None` when the gateway closed
     /// the connection.
     pub async fn next_line(&mut self) -> anyhow::Result<Option<&str>> {
-        Ok(self.fill_line().await?.then(|| self.last_line()))
+        let open = self.transport.read(&mut self.line).await?;
+        Ok(open.then(|| self.last_line()))
     }
 
-    /// Reads into `line` up to its `\n`; false at the end of the stream.
-    /// Cancel-safe: a cut-off read continues where it stopped.
-    async fn fill_line(&mut self) -> std::io::Result<bool> {
-        if !self.partial {
-            self.line.clear();
-        }
-        self.partial = true;
-        self.reader.read_until(b'\n', &mut self.line).await?;
-        if !self.line.ends_with(b"\n") {
-            return Ok(false);
-        }
-        self.partial = false;
-        Ok(true)
+    /// False once the gateway has closed the connection; waits for nothing
+    /// (a message that already arrived is read and dropped).
+    pub async fn still_open(&mut self) -> bool {
+        self.read_line(Duration::ZERO).await.is_ok()
     }
 
-    /// The last line read, without its line end.
+    /// The last message read, without a line end.
     pub fn last_line(&self) -> &str {
         std::str::from_utf8(&self.line)
             .unwrap_or_default()
             .trim_end()
     }
 
-    /// The bare socket, once nothing more is buffered (idle connections
-    /// that should hold no buffers).
+    /// The bare socket of a TCP connection, once nothing more is buffered
+    /// (idle connections that should hold no buffers). A WebSocket
+    /// connection has none to give.
     pub fn into_stream(self) -> anyhow::Result<TcpStream> {
-        let Conn { reader, writer, .. } = self;
-        if !reader.buffer().is_empty() {
-            bail!("unexpected bytes after the auth reply");
-        }
-        Ok(reader.into_inner().reunite(writer)?)
+        self.transport.into_tcp()
     }
-}
-
-/// The first of the comma-separated `addrs` that accepts a connection.
-async fn connect_any(addrs: &str) -> anyhow::Result<TcpStream> {
-    let mut failures = Vec::new();
-    for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => return Ok(stream),
-            Err(err) => {
-                tracing::debug!(addr, %err, "gateway unreachable; trying the next");
-                failures.push(format!("{addr}: {err}"));
-            }
-        }
-    }
-    if failures.is_empty() {
-        bail!("no gateway address given");
-    }
-    bail!("connecting to the gateway: {}", failures.join("; "))
 }

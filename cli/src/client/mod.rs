@@ -1,5 +1,6 @@
-//! `mangahub client …`: a real TCP client of the gateway protocol, for people
-//! (readable lines) and scripts (`--json`: the server's lines as received).
+//! `mangahub client …`: a real client of the gateway protocol, over TCP or
+//! WebSocket, for people (readable lines) and scripts (`--json`: the
+//! server's messages as received).
 //! Lines that carry a change's cursor end with `[cursor …]`; pass it to
 //! `client sync --cursor` to get what changed after it.
 
@@ -15,17 +16,20 @@ use clap::{Args, Subcommand};
 
 use session::{Message, Session};
 
+const DEFAULT_ADDR: &str = "127.0.0.1:8081";
+const DEFAULT_WS_ADDR: &str = "127.0.0.1:8082";
+
 #[derive(Debug, Args)]
 pub struct ClientArgs {
-    /// Gateway address; several, comma-separated, are tried in order (the
-    /// first that accepts the connection is used).
-    #[arg(
-        long,
-        env = "MANGAHUB_ADDR",
-        default_value = "127.0.0.1:8081",
-        global = true
-    )]
-    pub addr: String,
+    /// Gateway address: host:port (JSON lines over TCP) or
+    /// ws://host:port/ws (WebSocket); several, comma-separated, are tried in
+    /// order (the first that accepts the connection is used). Default
+    /// 127.0.0.1:8081, with --ws 127.0.0.1:8082 (the WebSocket port).
+    #[arg(long, env = "MANGAHUB_ADDR", global = true)]
+    pub addr: Option<String>,
+    /// Use WebSocket: host:port addresses mean ws://host:port/ws.
+    #[arg(long, global = true)]
+    pub ws: bool,
     /// JWT to authenticate with (see `mangahub token`).
     #[arg(long, env = "MANGAHUB_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
@@ -37,7 +41,7 @@ pub struct ClientArgs {
     /// Name this device (1..64 bytes); stored with the records it changes.
     #[arg(long, env = "MANGAHUB_DEVICE", global = true)]
     pub device: Option<String>,
-    /// Print the server's JSON lines instead of readable text.
+    /// Print the server's JSON messages as received instead of readable text.
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -120,7 +124,13 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         }
         _ => bail!("give --token (or MANGAHUB_TOKEN), or --user with JWT_SECRET"),
     };
-    let mut session = Session::connect(&args.addr, &token, args.device.as_deref()).await?;
+    let addr = match (&args.addr, args.ws) {
+        (Some(addr), false) => addr.clone(),
+        (Some(addr), true) => conn::over_websocket(addr),
+        (None, false) => DEFAULT_ADDR.to_owned(),
+        (None, true) => conn::over_websocket(DEFAULT_WS_ADDR),
+    };
+    let mut session = Session::connect(&addr, &token, args.device.as_deref()).await?;
     let json = args.json;
     let command = args.command.unwrap_or(ClientCommand::Shell);
     let reply = match command {

@@ -1,6 +1,7 @@
-//! One authenticated connection speaking the gateway's JSON lines (contract
-//! §5), as people and scripts use it: requests with ids answered in turn,
-//! events queued while a reply is awaited.
+//! One authenticated connection speaking the gateway's protocol (contract
+//! §5; JSON lines or WebSocket text frames, see `conn`), as people and
+//! scripts use it: requests with ids answered in turn, events queued while a
+//! reply is awaited.
 
 use anyhow::{Context, bail};
 use serde::Deserialize;

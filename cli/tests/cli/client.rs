@@ -1,6 +1,9 @@
-use serde_json::Value;
+use std::process::Stdio;
 
-use crate::helpers::{output, start_dev, stdout};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::{WAIT, output, start_dev, stdout};
 
 #[tokio::test]
 async fn client_commands_print_the_documented_output() {
@@ -86,4 +89,60 @@ async fn client_with_several_gateway_addresses_uses_the_first_that_accepts() {
     assert!(!failed.status.success());
     let err = String::from_utf8_lossy(&failed.stderr);
     assert!(err.contains(&dead), "{err}");
+}
+
+#[tokio::test]
+async fn client_over_websocket_updates_and_hears_a_tcp_device() {
+    let dev = start_dev().await;
+    let ws = dev.websocket_host().to_owned();
+    let over_ws = |args: &[&str]| {
+        let mut cmd = crate::helpers::mangahub();
+        cmd.args(["client", "--ws", "--addr", &ws, "--token", &dev.token])
+            .args(args);
+        cmd
+    };
+
+    // A WebSocket device watching: its `subscribed` reply shows it authenticated.
+    let mut watcher = over_ws(&["--json", "watch", "--manga", "42", "--count", "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("watcher starts");
+    let mut lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let mut next = async || -> Value {
+        let line = tokio::time::timeout(WAIT, lines.next_line())
+            .await
+            .expect("the watcher prints in time")
+            .expect("read")
+            .expect("a line");
+        serde_json::from_str(&line).expect("JSON line")
+    };
+    let subscribed = next().await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+
+    // An update from another WebSocket device (given as a ws:// URL this time).
+    let mut update = crate::helpers::mangahub();
+    update
+        .args(["client", "--addr", &dev.websocket, "--token", &dev.token])
+        .args(["update", "--manga", "42", "--chapter", "3"]);
+    let saved = output(&mut update).await;
+    assert!(saved.status.success(), "{saved:?}");
+    assert!(
+        stdout(&saved).starts_with("saved: manga 42: chapter 3,"),
+        "{}",
+        stdout(&saved)
+    );
+    let event = next().await;
+    assert_eq!(event["type"], "progress_broadcast", "{event}");
+    assert_eq!(event["data"]["chapter"], 3);
+
+    // And one from a TCP device of the same user.
+    let saved = output(&mut dev.client(&["update", "--manga", "42", "--chapter", "4"])).await;
+    assert!(saved.status.success(), "{saved:?}");
+    let event = next().await;
+    assert_eq!(event["type"], "progress_broadcast", "{event}");
+    assert_eq!(event["channel"], "user");
+    assert_eq!(event["data"]["chapter"], 4);
+    assert_eq!(event["data"]["user_id"], "demo");
+    assert!(watcher.wait().await.expect("watcher exits").success());
+    assert!(dev.interrupt().await.success());
 }

@@ -53,3 +53,47 @@ async fn dev_runs_the_system_and_an_update_reaches_a_watcher() {
     let status = dev.interrupt().await;
     assert!(status.success(), "Ctrl-C stops dev cleanly: {status:?}");
 }
+
+#[tokio::test]
+async fn dev_prints_the_live_page_and_a_websocket_command_that_work() {
+    let dev = start_dev().await;
+    let host = dev.websocket_host();
+    let link = format!("http://{host}/#token={}", dev.token);
+    let page = dev
+        .banner
+        .iter()
+        .find_map(|line| line.trim().strip_prefix("live page:"))
+        .map(str::trim);
+    assert_eq!(page, Some(link.as_str()), "{:#?}", dev.banner);
+    let addr = host.parse().expect("host:port");
+    let (status, body) = testkit::http_get(addr, "/").await.expect("GET /");
+    assert_eq!(status, 200, "{body}");
+
+    // The banner's last line, run as printed (after the program's name, up
+    // to the comment), with the settings its `export` line sets.
+    let command = dev.banner.last().expect("a banner");
+    let (command, _comment) = command.split_once(" #").expect("a commented line");
+    let args: Vec<&str> = command
+        .split_whitespace()
+        .skip_while(|word| *word != "client")
+        .collect();
+    let mut watcher = crate::helpers::mangahub()
+        .args(&args)
+        .env("MANGAHUB_ADDR", &dev.gateway)
+        .env("MANGAHUB_TOKEN", &dev.token)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the printed command starts");
+    let mut lines = BufReader::new(watcher.stdout.take().expect("stdout")).lines();
+    let first = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("it prints in time")
+        .expect("read");
+    assert_eq!(
+        first.as_deref(),
+        Some("watching as demo (Ctrl-C to stop)"),
+        "{command}"
+    );
+    watcher.kill().await.expect("stop the watcher");
+    assert!(dev.interrupt().await.success());
+}

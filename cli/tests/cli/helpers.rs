@@ -21,11 +21,16 @@ pub fn mangahub() -> Command {
 pub struct Dev {
     pub child: Child,
     pub gateway: String,
+    /// The WebSocket URL (`ws://host:port/ws`).
+    pub websocket: String,
     pub token: String,
+    /// Its banner, every line as printed.
+    pub banner: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
-/// `mangahub dev --free-ports` with a known secret, once it printed its token.
+/// `mangahub dev --free-ports` with a known secret, once it printed its
+/// banner (whose last line is the command over WebSocket).
 pub async fn start_dev() -> Dev {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = mangahub()
@@ -37,30 +42,36 @@ pub async fn start_dev() -> Dev {
         .expect("mangahub dev starts");
     let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
     let read = async {
-        let (mut gateway, mut token) = (None, None);
+        let mut banner = Vec::new();
         while let Some(line) = lines.next_line().await.expect("read stdout") {
-            let field = |prefix: &str| {
-                line.trim()
-                    .strip_prefix(prefix)
-                    .map(|v| v.trim().to_owned())
-            };
-            gateway = gateway.or(field("gateway:"));
-            token = token.or(field("demo token:"));
-            if let (Some(gateway), Some(token)) = (&gateway, &token) {
-                return (gateway.clone(), token.clone());
+            let last = line.contains(" client --addr ws://");
+            banner.push(line);
+            if last {
+                return banner;
             }
         }
-        panic!("dev exited before printing where to connect");
+        panic!("dev exited before printing its banner: {banner:?}");
     };
-    let (gateway, token) = tokio::time::timeout(WAIT, read)
+    let banner = tokio::time::timeout(WAIT, read)
         .await
         .expect("dev prints where to connect");
+    let field = |prefix: &str| {
+        banner
+            .iter()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {prefix} in the banner: {banner:?}"))
+    };
+    let (gateway, websocket, token) =
+        (field("gateway:"), field("websocket:"), field("demo token:"));
     // Keep reading, as a terminal would.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Dev {
         child,
         gateway,
+        websocket,
         token,
+        banner,
         _dir: dir,
     }
 }
@@ -72,6 +83,14 @@ impl Dev {
         cmd.args(["client", "--addr", &self.gateway, "--token", &self.token])
             .args(args);
         cmd
+    }
+
+    /// The WebSocket port's `host:port`.
+    pub fn websocket_host(&self) -> &str {
+        self.websocket
+            .strip_prefix("ws://")
+            .and_then(|rest| rest.strip_suffix("/ws"))
+            .unwrap_or_else(|| panic!("not a ws://host:port/ws URL: {}", self.websocket))
     }
 
     /// Ctrl-C, then the exit status.

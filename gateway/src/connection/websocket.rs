@@ -211,7 +211,7 @@ impl<R: ReadSource> MessageReader<R> {
     fn control(&mut self, control: Control, payload: BytesMut) -> Result<Frame, CloseCode> {
         match control {
             Control::Ping => {
-                self.out.pong(payload.freeze());
+                self.out.pong(&payload);
                 Ok(Frame::Skip)
             }
             Control::Pong => Ok(Frame::Skip),

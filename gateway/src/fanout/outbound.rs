@@ -11,10 +11,9 @@
 //! at most once at a time, in queue order, and an idle connection holds no
 //! writer task at all.
 //!
-//! The queue holds whole messages (JSON lines ending in `\n`); how they go on
-//! the wire is the connection's `Framing`: as they are on TCP, or as one
-//! WebSocket text frame each, whose header is kept inline beside the shared
-//! message (no copy, no allocation per delivery).
+//! The queue holds wire bytes: what producers hand it (JSON lines ending in
+//! `\n`, or a fan-out `Outgoing`) is put in the connection's `Framing` on the
+//! way in: as it is on TCP, one WebSocket text frame each on a WebSocket.
 //!
 //! A producer that finds the queue full marks the connection a slow consumer:
 //! what is still queued is dropped, `SLOW_CONSUMER` is queued instead, and the
@@ -39,8 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{ErrorCode, ErrorReply, ServerMessage};
 use flusher::Flushers;
-use framing::Item;
-pub use framing::{CloseCode, Framing};
+pub use framing::{CloseCode, Framing, Outgoing};
 
 /// How long a closing connection may take to flush what is queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -62,7 +60,7 @@ enum Mode {
 }
 
 struct State {
-    queue: VecDeque<Item>,
+    queue: VecDeque<Bytes>,
     /// Queued plus being written.
     bytes: usize,
     mode: Mode,
@@ -156,22 +154,22 @@ impl Outbound {
         self.last_event.swap(event, Ordering::Relaxed) != event
     }
 
-    /// Queues one line for this connection's flusher, without waiting; false
-    /// when it was not queued.
-    pub fn push(self: &Arc<Self>, line: Bytes) -> bool {
-        self.push_inner(line, true, true)
+    /// Queues one fan-out message for this connection's flusher, without
+    /// waiting; false when it was not queued.
+    pub fn push(self: &Arc<Self>, message: &Outgoing) -> bool {
+        self.enqueue(self.framing.wire(message), true, true)
     }
 
-    /// Queues a small control line (e.g. `system`) even past the byte limit.
-    pub fn push_control(self: &Arc<Self>, line: Bytes) -> bool {
-        self.push_inner(line, false, true)
+    /// Queues a small control message (e.g. `system`) even past the byte limit.
+    pub fn push_control(self: &Arc<Self>, message: &Outgoing) -> bool {
+        self.enqueue(self.framing.wire(message), false, true)
     }
 
     /// Answers a WebSocket ping (with its payload) at once. Counted against
     /// the queue's limit: a client that pings without reading is a slow
     /// consumer like any other.
-    pub fn pong(self: &Arc<Self>, payload: Bytes) {
-        self.enqueue(Item::pong(payload), true, false);
+    pub fn pong(self: &Arc<Self>, payload: &[u8]) {
+        self.enqueue(framing::pong(payload), true, false);
         self.flush();
     }
 
@@ -183,19 +181,15 @@ impl Outbound {
 
     /// Queues a reply and writes it right away: for the connection's own task.
     pub fn reply(self: &Arc<Self>, line: Bytes) -> bool {
-        let queued = self.push_inner(line, true, false);
+        let queued = self.enqueue(self.framing.encode(line), true, false);
         self.flush();
         queued
     }
 
-    fn push_inner(self: &Arc<Self>, line: Bytes, bounded: bool, via_flusher: bool) -> bool {
-        if line.is_empty() {
+    fn enqueue(self: &Arc<Self>, item: Bytes, bounded: bool, via_flusher: bool) -> bool {
+        if item.is_empty() {
             return true;
         }
-        self.enqueue(self.framing.message(line), bounded, via_flusher)
-    }
-
-    fn enqueue(self: &Arc<Self>, item: Item, bounded: bool, via_flusher: bool) -> bool {
         let mut state = self.lock();
         if state.mode != Mode::Open {
             return false;
@@ -210,7 +204,7 @@ impl Outbound {
             );
             let notice = self
                 .framing
-                .message(ServerMessage::error(None, &reply).to_line());
+                .encode(ServerMessage::error(None, &reply).to_line());
             state.queue.push_back(notice);
             drop(state);
             metrics::counter!("gateway_slow_consumer_disconnects_total").increment(1);
@@ -380,9 +374,9 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
                 let mut state = out.lock();
                 state.bytes = state.bytes.saturating_sub(batch.total);
                 if state.mode != Mode::Kicked {
-                    // A partly written item stays partly written.
+                    // A partly written message stays partly written.
                     for item in batch.items.into_iter().rev() {
-                        state.bytes += item.remaining();
+                        state.bytes += item.len();
                         state.queue.push_front(item);
                     }
                 }
@@ -411,15 +405,15 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
 
 /// Everything queued at one moment, written with vectored writes.
 struct Batch {
-    items: VecDeque<Item>,
+    items: VecDeque<Bytes>,
     /// Bytes of the batch when taken (for the queue's byte count).
     total: usize,
     remaining: usize,
 }
 
 impl Batch {
-    fn new(items: VecDeque<Item>) -> Self {
-        let total = items.iter().map(Item::remaining).sum();
+    fn new(items: VecDeque<Bytes>) -> Self {
+        let total = items.iter().map(Bytes::len).sum();
         Self {
             items,
             total,
@@ -434,7 +428,7 @@ impl Buf for Batch {
     }
 
     fn chunk(&self) -> &[u8] {
-        self.items.front().map_or(&[], Item::chunk)
+        self.items.front().map_or(&[], |b| b.as_ref())
     }
 
     fn advance(&mut self, mut cnt: usize) {
@@ -443,9 +437,8 @@ impl Buf for Batch {
             let Some(front) = self.items.front_mut() else {
                 return;
             };
-            let left = front.remaining();
-            if cnt >= left {
-                cnt -= left;
+            if cnt >= front.len() {
+                cnt -= front.len();
                 self.items.pop_front();
             } else {
                 front.advance(cnt);
@@ -456,12 +449,9 @@ impl Buf for Batch {
 
     fn chunks_vectored<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
         let mut n = 0;
-        for item in &self.items {
-            let written = item.slices(&mut dst[n..]);
-            if written == 0 {
-                break;
-            }
-            n += written;
+        for (slot, item) in dst.iter_mut().zip(self.items.iter()) {
+            *slot = IoSlice::new(item);
+            n += 1;
         }
         n
     }
@@ -496,21 +486,24 @@ mod tests {
     async fn queued_bytes_count_against_the_limit_and_one_byte_over_kicks() {
         let (out, _client) = outbound(100);
         // Queued for a flusher that is not running: nothing is written.
-        assert!(out.push(line(60)));
-        assert!(out.push(line(40)), "exactly at the limit");
+        assert!(out.push(&Outgoing::new(line(60))));
+        assert!(out.push(&Outgoing::new(line(40))), "exactly at the limit");
         assert!(!out.is_kicked());
-        assert!(!out.push(line(1)), "one byte over");
+        assert!(!out.push(&Outgoing::new(line(1))), "one byte over");
         assert!(out.is_kicked());
         assert!(
             out.stop_token().is_cancelled(),
             "the connection is told to stop"
         );
-        assert!(!out.push(line(1)), "nothing is queued once kicked");
+        assert!(
+            !out.push(&Outgoing::new(line(1))),
+            "nothing is queued once kicked"
+        );
         // What stays queued is the SLOW_CONSUMER notice alone.
         let queue = &out.lock().queue;
         assert_eq!(queue.len(), 1);
         assert!(
-            std::str::from_utf8(queue[0].chunk())
+            std::str::from_utf8(&queue[0])
                 .unwrap_or_default()
                 .contains("SLOW_CONSUMER")
         );
@@ -531,10 +524,16 @@ mod tests {
     #[tokio::test]
     async fn control_lines_pass_the_limit_but_not_a_kick() {
         let (out, _client) = outbound(10);
-        assert!(out.push(line(10)));
-        assert!(out.push_control(line(50)), "a system notice still goes out");
+        assert!(out.push(&Outgoing::new(line(10))));
+        assert!(
+            out.push_control(&Outgoing::new(line(50))),
+            "a system notice still goes out"
+        );
         assert!(!out.is_kicked());
-        assert!(!out.push(line(1)));
-        assert!(!out.push_control(line(5)), "not after a kick");
+        assert!(!out.push(&Outgoing::new(line(1))));
+        assert!(
+            !out.push_control(&Outgoing::new(line(5))),
+            "not after a kick"
+        );
     }
 }

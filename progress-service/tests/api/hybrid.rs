@@ -456,3 +456,43 @@ async fn a_second_live_process_with_the_same_replica_id_is_refused() {
     assert!(started.elapsed() < Duration::from_secs(2), "no lease wait");
     drop(again);
 }
+
+/// A replica plans an update of a record it wrote last on its memory of that
+/// write (no read); when another replica wrote since, the compare-and-set
+/// fails, and the update is planned again on what Redis holds. A refused
+/// update is never answered from that memory.
+#[tokio::test]
+async fn a_replica_never_acts_on_its_memory_of_an_overwritten_record() {
+    let a = spawn_app(Backend::Hybrid).await;
+    let b = spawn_replica(&a, &[]).await;
+    a.update("memo", 1, "10").await;
+    b.update("memo", 1, "20").await;
+
+    // Refused by the memory too (5 < 10): answered from Redis, not from it.
+    let refused = a.update("memo", 1, "5").await;
+    assert!(!refused.applied);
+    let stored = refused.progress.expect("the stored record");
+    assert_eq!(
+        (stored.chapter.as_str(), stored.version),
+        ("20", 2),
+        "not the remembered 10"
+    );
+    // Applied by the memory (15 > 10): the compare-and-set fails, then refused.
+    let refused = a.update("memo", 1, "15").await;
+    assert!(!refused.applied);
+    assert_eq!(refused.progress.map(|p| p.version), Some(2));
+
+    let applied = a.update("memo", 1, "25").await;
+    assert!(applied.applied);
+    let record = applied.progress.expect("record");
+    assert_eq!(
+        (record.chapter.as_str(), record.version),
+        ("25", 3),
+        "planned on v2, not v1"
+    );
+
+    // Remembered, and still right: the next update on `a` continues from it.
+    let next = a.update("memo", 1, "26").await;
+    assert_eq!(next.progress.map(|p| p.version), Some(4));
+    assert_eq!(hash(&a, "memo", 1).await["version"], "4");
+}

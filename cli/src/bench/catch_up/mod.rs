@@ -11,7 +11,6 @@
 //!   whole list with `list_progress`.
 
 mod restart;
-mod stack;
 mod sync;
 
 use std::path::PathBuf;

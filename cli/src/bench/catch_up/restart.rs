@@ -19,11 +19,11 @@ use mangahub_proto::v1::progress_service_client::ProgressServiceClient;
 use serde::Deserialize;
 use tonic::transport::Channel;
 
-use super::stack::{Stack, StackOptions};
 use super::{CatchUpArgs, Table};
+use crate::bench::conns::{self, Conn, GatewayArgs};
 use crate::bench::processes::{self, Binaries};
+use crate::bench::stack::{Stack, StackOptions};
 use crate::bench::stats::Samples;
-use crate::bench::tcp::{self, Conn, GatewayArgs};
 
 /// Descriptors this process needs beside the client connections.
 const SPARE_FDS: u64 = 64;
@@ -100,7 +100,7 @@ struct Round {
 
 pub async fn run(args: &CatchUpArgs, binaries: &Binaries) -> anyhow::Result<Table> {
     let needed = args.clients as u64 + 2 + SPARE_FDS;
-    let own_limit = tcp::open_files_limit();
+    let own_limit = conns::open_files_limit();
     if let Some(limit) = own_limit
         && needed > limit
     {
@@ -111,6 +111,7 @@ pub async fn run(args: &CatchUpArgs, binaries: &Binaries) -> anyhow::Result<Tabl
     }
     let options = StackOptions {
         watch_retry_max: args.watch_retry_max,
+        ..StackOptions::default()
     };
     eprintln!("restart: starting progress-service and gateway…");
     let mut stack = Stack::start(binaries, &options).await?;
@@ -125,7 +126,7 @@ async fn measure(
     needed: u64,
     own_limit: Option<u64>,
 ) -> anyhow::Result<Table> {
-    let gateway_limit = stack.gateway_pid().and_then(tcp::open_files_limit_of);
+    let gateway_limit = stack.gateway_pid().and_then(conns::open_files_limit_of);
     if let Some(limit) = gateway_limit
         && needed > limit
     {
@@ -139,10 +140,10 @@ async fn measure(
         jwt_secret: stack.jwt_secret.clone(),
         connect_concurrency: args.connect_concurrency,
     };
-    let run = tcp::run_id();
+    let run = conns::run_id();
     eprintln!("restart: opening {} idle clients…", args.clients);
     let opened = Instant::now();
-    let conns = tcp::open_many(
+    let conns = conns::open_many(
         &gateway_args,
         &format!("bench-catchup-{run}-idle"),
         args.clients,

@@ -19,11 +19,11 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use tonic::transport::Channel;
 
-use super::stack::{Stack, StackOptions};
 use super::{CatchUpArgs, Table};
+use crate::bench::conns::{self, Conn, GatewayArgs};
 use crate::bench::processes::Binaries;
+use crate::bench::stack::{Stack, StackOptions};
 use crate::bench::stats::Samples;
-use crate::bench::tcp::{self, Conn, GatewayArgs};
 
 const SPARE_FDS: u64 = 64;
 /// Most updates per `UpdateProgressBatch` (the service's limit).
@@ -136,7 +136,7 @@ pub async fn run(args: &CatchUpArgs, binaries: &Binaries) -> anyhow::Result<Tabl
         bail!("--records must be at least 1");
     }
     let needed = args.devices as u64 + SPARE_FDS;
-    if let Some(limit) = tcp::open_files_limit()
+    if let Some(limit) = conns::open_files_limit()
         && needed > limit
     {
         bail!(
@@ -152,7 +152,7 @@ pub async fn run(args: &CatchUpArgs, binaries: &Binaries) -> anyhow::Result<Tabl
 }
 
 async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
-    let run = tcp::run_id();
+    let run = conns::run_id();
     let users: Vec<String> = (0..args.devices)
         .map(|i| format!("bench-catchup-{run}-dev-{i}"))
         .collect();
@@ -214,7 +214,7 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
     let fanout_lag = marker_wait.elapsed();
 
     eprintln!("sync: {} devices back online…", users.len());
-    let conns = tcp::open_many(
+    let conns = conns::open_many(
         &gateway_args,
         &format!("bench-catchup-{run}-dev"),
         args.devices,

@@ -6,6 +6,8 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::bench::procfs;
+
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// One run of one process (a restart is a new instance).
@@ -42,7 +44,7 @@ impl MemoryLog {
     pub fn ending(&mut self, pid: u32) {
         for instance in self.instances.iter_mut().filter(|i| i.pid == pid) {
             if instance.ended.is_none() {
-                if let Some(kib) = rss_kib(pid) {
+                if let Ok(kib) = procfs::rss_kib(pid) {
                     instance.samples.push((Instant::now(), kib));
                 }
                 instance.ended = Some(Instant::now());
@@ -53,7 +55,7 @@ impl MemoryLog {
     pub fn sample(&mut self) {
         let now = Instant::now();
         for instance in self.instances.iter_mut().filter(|i| i.ended.is_none()) {
-            if let Some(kib) = rss_kib(instance.pid) {
+            if let Ok(kib) = procfs::rss_kib(instance.pid) {
                 instance.samples.push((now, kib));
             }
         }
@@ -77,13 +79,6 @@ pub fn spawn_sampler(log: SharedMemoryLog) -> tokio::task::JoinHandle<()> {
             lock(&log).sample();
         }
     })
-}
-
-/// `VmRSS` of a process in KiB.
-pub fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The leak bound: `end ≤ factor × warm + slack`.

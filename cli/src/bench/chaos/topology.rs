@@ -167,6 +167,7 @@ impl Topology {
                 let node = &self.gateways[i];
                 let args = processes::gateway_args(
                     node.listen,
+                    None,
                     &urls.join(","),
                     &self.jwt_secret,
                     node.admin,

@@ -1,12 +1,14 @@
 //! How queued messages go on the wire. A message is a JSON line ending in
 //! `\n`: on TCP it is written as it is; on a WebSocket it becomes one text
-//! frame (RFC 6455 §5.2) of the line without its `\n`. The frame header is
-//! encoded by tungstenite and kept inline in the queue item, so the message
-//! itself stays one shared buffer for every recipient.
+//! frame (RFC 6455 §5.2) of the line without its `\n`, header and payload in
+//! one buffer (tungstenite encodes the header). A fan-out event is an
+//! `Outgoing`: its frame is encoded once, for its first WebSocket recipient,
+//! and then shared like the line, so a delivery costs the same on both
+//! transports: one reference-counted buffer, one slice in the `writev`.
 
-use std::io::IoSlice;
+use std::sync::OnceLock;
 
-use bytes::{Buf, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 use tungstenite::protocol::frame::FrameHeader;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 
@@ -46,151 +48,98 @@ impl CloseCode {
     }
 }
 
+/// One message for many recipients: the line, and its WebSocket frame once
+/// a WebSocket recipient needed it.
+pub struct Outgoing {
+    line: Bytes,
+    frame: OnceLock<Bytes>,
+}
+
+impl Outgoing {
+    pub fn new(line: Bytes) -> Self {
+        Self {
+            line,
+            frame: OnceLock::new(),
+        }
+    }
+}
+
 impl Framing {
-    /// One queued message (`line` ends in `\n`).
-    pub(super) fn message(self, line: Bytes) -> Item {
+    /// `message` as this connection's wire bytes (shared, not copied).
+    pub(super) fn wire(self, message: &Outgoing) -> Bytes {
         match self {
-            Framing::Lines => Item::raw(line),
-            Framing::WebSocket => {
-                let end = line.len() - usize::from(line.ends_with(b"\n"));
-                Item::frame(OpCode::Data(Data::Text), line.slice(..end))
-            }
+            Framing::Lines => message.line.clone(),
+            Framing::WebSocket => message
+                .frame
+                .get_or_init(|| text_frame(&message.line))
+                .clone(),
+        }
+    }
+
+    /// One connection's own message (`line` ends in `\n`) as wire bytes.
+    pub(super) fn encode(self, line: Bytes) -> Bytes {
+        match self {
+            Framing::Lines => line,
+            Framing::WebSocket => text_frame(&line),
         }
     }
 
     /// What ends the stream: a close frame on a WebSocket, nothing on TCP.
-    pub(super) fn close(self, close: CloseCode) -> Option<Item> {
+    pub(super) fn close(self, close: CloseCode) -> Option<Bytes> {
         match self {
             Framing::Lines => None,
             Framing::WebSocket => {
                 let mut payload = Vec::with_capacity(2 + close.reason.len());
                 payload.extend_from_slice(&close.code.to_be_bytes());
                 payload.extend_from_slice(close.reason.as_bytes());
-                Some(Item::frame(
-                    OpCode::Control(Control::Close),
-                    Bytes::from(payload),
-                ))
+                Some(frame(OpCode::Control(Control::Close), &payload))
             }
         }
     }
 }
 
-/// One queued message: an inline frame header (empty on TCP) and the
-/// message, each possibly partly written.
-pub(super) struct Item {
-    head: [u8; MAX_HEAD],
-    head_start: u8,
-    head_end: u8,
-    body: Bytes,
+/// A pong answering a ping with `payload`.
+pub(super) fn pong(payload: &[u8]) -> Bytes {
+    frame(OpCode::Control(Control::Pong), payload)
 }
 
-impl Item {
-    fn raw(body: Bytes) -> Self {
-        Self {
-            head: [0; MAX_HEAD],
-            head_start: 0,
-            head_end: 0,
-            body,
-        }
-    }
+fn text_frame(line: &[u8]) -> Bytes {
+    frame(
+        OpCode::Data(Data::Text),
+        line.strip_suffix(b"\n").unwrap_or(line),
+    )
+}
 
-    fn frame(opcode: OpCode, body: Bytes) -> Self {
-        let header = FrameHeader {
-            opcode,
-            ..FrameHeader::default()
-        };
-        let mut head = [0; MAX_HEAD];
-        let mut cursor = std::io::Cursor::new(&mut head[..]);
-        // Cannot fail: an unmasked header fits in MAX_HEAD bytes.
-        let _ = header.format(body.len() as u64, &mut cursor);
-        let head_end = u8::try_from(cursor.position()).unwrap_or(0);
-        Self {
-            head,
-            head_start: 0,
-            head_end,
-            body,
-        }
-    }
-
-    /// A pong answering a ping with `payload`.
-    pub(super) fn pong(payload: Bytes) -> Self {
-        Self::frame(OpCode::Control(Control::Pong), payload)
-    }
-
-    /// Bytes not yet written.
-    pub(super) fn remaining(&self) -> usize {
-        usize::from(self.head_end - self.head_start) + self.body.len()
-    }
-
-    /// Bytes not yet written (the queue's accounting unit).
-    pub(super) fn len(&self) -> usize {
-        self.remaining()
-    }
-
-    fn head(&self) -> &[u8] {
-        &self.head[usize::from(self.head_start)..usize::from(self.head_end)]
-    }
-
-    pub(super) fn chunk(&self) -> &[u8] {
-        if self.head_start < self.head_end {
-            self.head()
-        } else {
-            &self.body
-        }
-    }
-
-    pub(super) fn advance(&mut self, cnt: usize) {
-        let in_head = cnt.min(usize::from(self.head_end - self.head_start));
-        self.head_start += u8::try_from(in_head).unwrap_or(0);
-        self.body.advance((cnt - in_head).min(self.body.len()));
-    }
-
-    /// Fills `dst` with what is left (head, then body); returns how many
-    /// slices it used.
-    pub(super) fn slices<'a>(&'a self, dst: &mut [IoSlice<'a>]) -> usize {
-        let mut n = 0;
-        for part in [self.head(), &self.body[..]] {
-            if part.is_empty() {
-                continue;
-            }
-            let Some(slot) = dst.get_mut(n) else {
-                break;
-            };
-            *slot = IoSlice::new(part);
-            n += 1;
-        }
-        n
-    }
+fn frame(opcode: OpCode, payload: &[u8]) -> Bytes {
+    let header = FrameHeader {
+        opcode,
+        ..FrameHeader::default()
+    };
+    let mut out = BytesMut::with_capacity(MAX_HEAD + payload.len()).writer();
+    // Cannot fail: writing into memory.
+    let _ = header.format(payload.len() as u64, &mut out);
+    let mut out = out.into_inner();
+    out.extend_from_slice(payload);
+    out.freeze()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn written(mut item: Item, step: usize) -> Vec<u8> {
-        let mut out = Vec::new();
-        while item.remaining() > 0 {
-            let chunk = item.chunk();
-            let take = step.min(chunk.len());
-            out.extend_from_slice(&chunk[..take]);
-            item.advance(take);
-        }
-        out
-    }
-
     #[test]
     fn a_line_becomes_one_text_frame_without_its_newline() {
-        let item = Framing::WebSocket.message(Bytes::from_static(b"{\"type\":\"pong\"}\n"));
-        assert_eq!(item.len(), 2 + 15);
-        let bytes = written(item, 3);
+        let message = Outgoing::new(Bytes::from_static(b"{\"type\":\"pong\"}\n"));
+        let bytes = Framing::WebSocket.wire(&message);
         assert_eq!(&bytes[..2], &[0x81, 15]);
         assert_eq!(&bytes[2..], b"{\"type\":\"pong\"}");
+        let again = Framing::WebSocket.wire(&message);
+        assert_eq!(bytes.as_ptr(), again.as_ptr(), "encoded once, then shared");
     }
 
     #[test]
     fn long_messages_get_extended_lengths() {
-        let line = Bytes::from(vec![b'x'; 70_000]);
-        let bytes = written(Framing::WebSocket.message(line), 4096);
+        let bytes = Framing::WebSocket.encode(Bytes::from(vec![b'x'; 70_000]));
         assert_eq!(&bytes[..2], &[0x81, 127]);
         assert_eq!(
             u64::from_be_bytes(bytes[2..10].try_into().unwrap_or_default()),
@@ -201,29 +150,23 @@ mod tests {
 
     #[test]
     fn tcp_lines_pass_as_they_are() {
-        let bytes = written(Framing::Lines.message(Bytes::from_static(b"a\n")), 1);
-        assert_eq!(bytes, b"a\n");
+        let message = Outgoing::new(Bytes::from_static(b"a\n"));
+        assert_eq!(&Framing::Lines.wire(&message)[..], b"a\n");
+        assert_eq!(
+            &Framing::Lines.encode(Bytes::from_static(b"b\n"))[..],
+            b"b\n"
+        );
         assert!(Framing::Lines.close(CloseCode::NORMAL).is_none());
     }
 
     #[test]
     fn the_close_frame_carries_code_and_reason() {
-        let close = Framing::WebSocket.close(CloseCode::SLOW_CONSUMER);
-        let bytes = written(close.unwrap_or_else(|| Item::raw(Bytes::new())), 100);
+        let bytes = Framing::WebSocket
+            .close(CloseCode::SLOW_CONSUMER)
+            .unwrap_or_default();
         assert_eq!(bytes[0], 0x88);
         assert_eq!(usize::from(bytes[1]), 2 + "slow consumer".len());
         assert_eq!(&bytes[2..4], &1008u16.to_be_bytes());
         assert_eq!(&bytes[4..], b"slow consumer");
-    }
-
-    #[test]
-    fn slices_stop_when_there_is_no_room() {
-        let item = Framing::WebSocket.message(Bytes::from_static(b"abc\n"));
-        let mut one = [IoSlice::new(&[])];
-        assert_eq!(item.slices(&mut one), 1);
-        assert_eq!(&*one[0], &[0x81, 3]);
-        let mut two = [IoSlice::new(&[]); 2];
-        assert_eq!(item.slices(&mut two), 2);
-        assert_eq!(&*two[1], b"abc");
     }
 }

@@ -2,8 +2,15 @@
 //! a change (hash + queue entry + event in one script), warm a record read
 //! from Postgres without ever overwriting a newer one, and list a user's
 //! unflushed changes for `list`.
+//!
+//! It also remembers the state this process itself wrote last, per record
+//! (`recall`): an update of such a record is planned on it without reading
+//! Redis first. The compare-and-set checks it like a state read from Redis,
+//! so a stale memory (another replica wrote, the hash expired, Redis lost
+//! it) costs one failed script call and a read, never a wrong write.
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Script;
@@ -30,7 +37,20 @@ pub struct Snapshot {
     pub state: State,
     tomb: String,
     fence_us: i64,
+    /// Taken from this process's memory of its own last write, not read.
+    recalled: bool,
 }
+
+impl Snapshot {
+    /// From this process's memory (`Cache::recall`): good to plan a write
+    /// on, which the compare-and-set verifies, but not to answer from.
+    pub fn is_recalled(&self) -> bool {
+        self.recalled
+    }
+}
+
+/// Records remembered at most; past it the memory starts over.
+const RECALL_MAX: usize = 200_000;
 
 /// Outcome of warming the cache with a Postgres row.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,6 +75,8 @@ pub struct Cache {
     /// How old a read may be when an absent record is written or warmed: well
     /// under the TTL, so anything written after the read is still visible.
     max_fence_age_us: i64,
+    /// The state this process wrote last, per record (see the module notes).
+    written: Arc<Mutex<HashMap<ProgressKey, Cached>>>,
 }
 
 /// Redis down, or up but not serving yet (`LOADING` while it replays its
@@ -89,7 +111,46 @@ impl Cache {
                 chrono::Utc::now().timestamp_micros()
             ),
             max_fence_age_us: i64::try_from(ttl_secs * 1_000_000 / 2).unwrap_or(i64::MAX),
+            written: Arc::default(),
         }
+    }
+
+    fn written(&self) -> std::sync::MutexGuard<'_, HashMap<ProgressKey, Cached>> {
+        self.written
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The state this process wrote last for `key`, if it remembers one.
+    pub fn recall(&self, key: &ProgressKey) -> Option<Snapshot> {
+        let cached = self.written().get(key)?.clone();
+        Some(Snapshot {
+            state: State::Cached(cached),
+            // The change script deletes the tombstone of a record it writes.
+            tomb: String::new(),
+            fence_us: 0,
+            recalled: true,
+        })
+    }
+
+    /// Remembers `record` as written at `seq` (the change script's answer).
+    pub fn remember(&self, record: &Progress, seq: i64) {
+        let mut written = self.written();
+        if written.len() >= RECALL_MAX {
+            written.clear();
+        }
+        written.insert(
+            record.key.clone(),
+            Cached {
+                progress: record.clone(),
+                seq: seq.to_string(),
+            },
+        );
+    }
+
+    /// Forgets `key` (deleted, or a write whose outcome is unknown).
+    pub fn forget(&self, key: &ProgressKey) {
+        self.written().remove(key);
     }
 
     pub fn ttl_secs(&self) -> u64 {
@@ -117,6 +178,7 @@ impl Cache {
             state,
             tomb: tomb.unwrap_or_default(),
             fence_us: secs * 1_000_000 + micros,
+            recalled: false,
         })
     }
 

@@ -2,7 +2,8 @@
 //! Postgres the durable record (contract §3; design in `docs/storage.md`).
 //!
 //! Write: read the record's Redis state (loading Postgres on a miss so
-//! versions continue), apply the update rules in Rust, then one script
+//! versions continue; for a record this process wrote last, its memory of
+//! that write stands in for the read), apply the update rules in Rust, then one script
 //! compare-and-sets the hash, appends the change to the write-behind stream
 //! and to the change log (a retained stream whose entry ids are positions).
 //! The ack follows that script. `batch_writer` moves the write-behind stream
@@ -200,23 +201,47 @@ impl ProgressStore for HybridStore {
     ) -> Result<UpdateOutcome, StoreError> {
         self.ensure_open()?;
         let _turn = self.stripe(&cmd.key).lock().await;
+        // A record this process wrote last is planned on what it wrote:
+        // no read round trip. The compare-and-set verifies that state.
+        let mut snap = match self.cache.recall(&cmd.key) {
+            Some(snap) => snap,
+            None => self.cache.read(&cmd.key).await?,
+        };
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let snap = self.cache.read(&cmd.key).await?;
             let stored = self.current(&cmd.key, &snap.state).await?;
             let mut out = domain::apply_update(stored.as_ref(), &cmd, domain::now());
             if !out.applied {
+                if snap.is_recalled() {
+                    // Not applied means answering with the stored record:
+                    // never from memory, which may be stale.
+                    snap = self.cache.read(&cmd.key).await?;
+                    continue;
+                }
                 return Ok(out);
             }
-            if let Some(position) = self
+            let written = self
                 .cache
                 .compare_and_set(&snap, &cmd.key, Some(&out.progress), &meta)
-                .await?
-            {
-                out.position = Some(position);
-                return Ok(out);
+                .await;
+            match written {
+                Ok(Some(position)) => {
+                    self.cache.remember(&out.progress, position);
+                    out.position = Some(position);
+                    return Ok(out);
+                }
+                Ok(None) if snap.is_recalled() => {
+                    metrics::counter!("progress_cache_recall_stale_total").increment(1);
+                }
+                Ok(None) => metrics::counter!("progress_cache_cas_conflicts_total").increment(1),
+                Err(err) => {
+                    // The script may have run: what this process wrote last is unknown.
+                    self.cache.forget(&cmd.key);
+                    return Err(err);
+                }
             }
-            metrics::counter!("progress_cache_cas_conflicts_total").increment(1);
+            snap = self.cache.read(&cmd.key).await?;
         }
+        self.cache.forget(&cmd.key);
         Err(contention())
     }
 
@@ -326,6 +351,7 @@ impl ProgressStore for HybridStore {
     async fn delete(&self, key: ProgressKey, meta: WriteMeta) -> Result<Option<i64>, StoreError> {
         self.ensure_open()?;
         let _turn = self.stripe(&key).lock().await;
+        self.cache.forget(&key);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let snap = self.cache.read(&key).await?;
             if self.current(&key, &snap.state).await?.is_none() {

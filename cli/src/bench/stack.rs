@@ -1,7 +1,7 @@
-//! The real `progress-service` and `gateway` binaries as child processes:
-//! the service on a SQLite file in a temp dir, the gateway in front of it,
-//! each with its admin port; the service can be stopped and started again on
-//! the same port and database.
+//! The real `progress-service` and `gateway` binaries as child processes of
+//! a bench: the service on a SQLite file in a temp dir, the gateway in front
+//! of it (TCP and WebSocket ports), each with its admin port; the service can
+//! be stopped and started again on the same port and database.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::bench::conns::Transport;
 use crate::bench::processes::{self, Binaries, Process, Signal, loopback};
+use crate::client::conn;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -18,6 +20,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct StackOptions {
     /// The gateway's `--watch-retry-max`; its default when `None`.
     pub watch_retry_max: Option<Duration>,
+    /// The JWT secret; a random one when `None`.
+    pub jwt_secret: Option<String>,
 }
 
 /// A restarted service, the moment it answered SERVING and a channel to it.
@@ -36,6 +40,8 @@ pub struct Stack {
     pub grpc: SocketAddr,
     pub progress_admin: SocketAddr,
     pub gateway: SocketAddr,
+    /// The gateway's WebSocket port.
+    pub gateway_ws: SocketAddr,
     pub gateway_admin: SocketAddr,
     pub jwt_secret: String,
     progress: Option<Process>,
@@ -50,15 +56,19 @@ impl Stack {
     /// until its event stream is up (`/readyz`).
     pub async fn start(binaries: &Binaries, options: &StackOptions) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new()
-            .prefix("mangahub-bench-catch-up")
+            .prefix("mangahub-bench")
             .tempdir()?;
-        let jwt_secret = processes::random_secret();
+        let jwt_secret = options
+            .jwt_secret
+            .clone()
+            .unwrap_or_else(processes::random_secret);
         let mut stack = Self {
             dir,
             binaries: binaries.clone(),
             grpc: loopback()?,
             progress_admin: loopback()?,
             gateway: loopback()?,
+            gateway_ws: loopback()?,
             gateway_admin: loopback()?,
             jwt_secret,
             progress: None,
@@ -72,6 +82,7 @@ impl Stack {
 
         let mut args = processes::gateway_args(
             stack.gateway,
+            Some(stack.gateway_ws),
             &stack.progress_url(),
             &stack.jwt_secret,
             stack.gateway_admin,
@@ -96,6 +107,14 @@ impl Stack {
             .await?;
         }
         Ok(stack)
+    }
+
+    /// The gateway's address for `transport` (as `Conn::open` takes it).
+    pub fn gateway_addr(&self, transport: Transport) -> String {
+        match transport {
+            Transport::Tcp => self.gateway.to_string(),
+            Transport::Ws => conn::over_websocket(&self.gateway_ws.to_string()),
+        }
     }
 
     pub fn gateway_pid(&self) -> Option<u32> {

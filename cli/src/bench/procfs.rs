@@ -1,0 +1,65 @@
+//! What the benches read from `/proc`: a process's resident memory and the
+//! CPU time it has used, and the CPU time the whole machine has used.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+/// The kernel reports CPU time in `/proc` in ticks of `USER_HZ`, which Linux
+/// fixes at 100 per second for user space.
+fn ticks(n: u64) -> Duration {
+    Duration::from_millis(n.saturating_mul(10))
+}
+
+/// `VmRSS` of a process in KiB.
+pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no VmRSS in {path}"))
+}
+
+/// CPU time (user + system) a process has used so far; this one when `None`.
+pub fn cpu_time(pid: Option<u32>) -> anyhow::Result<Duration> {
+    let path = pid.map_or_else(
+        || "/proc/self/stat".to_owned(),
+        |p| format!("/proc/{p}/stat"),
+    );
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name, in parentheses, may hold spaces: count fields after it.
+    // utime and stime are fields 14 and 15 of stat(5); the rest starts at 3.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    let (user, system) = field(11)
+        .zip(field(12))
+        .with_context(|| format!("no utime/stime in {path}"))?;
+    Ok(ticks(user + system))
+}
+
+/// CPU time the whole machine has been busy, summed over its cores: every
+/// state of the first line of `/proc/stat` but idle and I/O wait.
+pub fn machine_busy() -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let states: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix("cpu "))
+        .map(|rest| {
+            rest.split_whitespace()
+                .filter_map(|v| v.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal (guest time is in user).
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal, ..] = states[..] else {
+        bail!("no cpu line in /proc/stat");
+    };
+    Ok(ticks(user + nice + system + irq + softirq + steal))
+}
