@@ -6,6 +6,7 @@
 //! message in place.
 
 mod transport;
+mod websocket;
 
 use std::time::Duration;
 

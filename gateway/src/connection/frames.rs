@@ -48,10 +48,28 @@ impl ReadSource for tokio::net::tcp::OwnedReadHalf {
 impl<T: AsyncRead + tokio::io::AsyncWrite + Send + 'static> ReadSource for tokio::io::ReadHalf<T> {}
 
 /// A framed reader: the connection loop's only view of its transport.
-pub trait FrameSource: Send + 'static {
+pub trait FrameSource: Send + Sized + 'static {
+    /// A frame from what is buffered, if a whole one is there. An error (a
+    /// framing violation) ends the connection.
+    fn decode_buffered(&mut self) -> io::Result<Option<Frame>>;
+
+    /// Reads more bytes into the buffer (`fill`); 0 at EOF.
+    fn read_more(&mut self) -> impl Future<Output = io::Result<usize>> + Send;
+
     /// The next frame. Cancel-safe: no bytes are lost when dropped mid-way.
     /// An error ends the connection.
-    fn next(&mut self) -> impl Future<Output = io::Result<Frame>> + Send;
+    fn next(&mut self) -> impl Future<Output = io::Result<Frame>> + Send {
+        async move {
+            loop {
+                if let Some(frame) = self.decode_buffered()? {
+                    return Ok(frame);
+                }
+                if self.read_more().await? == 0 {
+                    return Ok(Frame::Eof);
+                }
+            }
+        }
+    }
 
     /// True when bytes are buffered (a frame may be decodable without reading).
     fn has_buffered(&self) -> bool;

@@ -97,15 +97,12 @@ impl<R: ReadSource> FrameSource for LineReader<R> {
         self.inner.wait_readable()
     }
 
-    async fn next(&mut self) -> io::Result<Frame> {
-        loop {
-            if let Some(frame) = self.decode() {
-                return Ok(frame);
-            }
-            if fill(&mut self.inner, &mut self.buf).await? == 0 {
-                return Ok(Frame::Eof);
-            }
-        }
+    fn decode_buffered(&mut self) -> io::Result<Option<Frame>> {
+        Ok(self.decode())
+    }
+
+    fn read_more(&mut self) -> impl Future<Output = io::Result<usize>> + Send {
+        fill(&mut self.inner, &mut self.buf)
     }
 }
 

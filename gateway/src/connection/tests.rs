@@ -33,13 +33,19 @@ fn slot() -> OwnedSemaphorePermit {
     Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap()
 }
 
-#[tokio::test]
-async fn an_idle_tcp_connections_future_stays_within_its_budget() {
+/// The server side of a loopback connection, and its client (keep it open).
+async fn accepted() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+    let client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
         .await
         .unwrap();
     let (server, _) = listener.accept().await.unwrap();
+    (server, client)
+}
+
+#[tokio::test]
+async fn an_idle_tcp_connections_future_stays_within_its_budget() {
+    let (server, _client) = accepted().await;
     let (read, write) = server.into_split();
     let future = serve(
         shared(&[]),
@@ -59,11 +65,7 @@ async fn an_idle_tcp_connections_future_stays_within_its_budget() {
 
 #[tokio::test]
 async fn an_idle_websocket_connections_future_stays_within_its_budget() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
-        .await
-        .unwrap();
-    let (server, _) = listener.accept().await.unwrap();
+    let (server, _client) = accepted().await;
     let (read, write) = server.into_split();
     let future = serve_websocket(
         shared(&[]),

@@ -287,25 +287,20 @@ impl<R: ReadSource> FrameSource for MessageReader<R> {
         self.inner.wait_readable()
     }
 
-    async fn next(&mut self) -> io::Result<Frame> {
-        loop {
-            match self.decode() {
-                Ok(Some(frame)) => return Ok(frame),
-                Ok(None) => {}
-                Err(close) => {
-                    tracing::debug!(
-                        code = close.code,
-                        reason = close.reason,
-                        "WebSocket protocol violation"
-                    );
-                    self.out.close_with(close);
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, close.reason));
-                }
-            }
-            if fill(&mut self.inner, &mut self.buf).await? == 0 {
-                return Ok(Frame::Eof);
-            }
-        }
+    fn decode_buffered(&mut self) -> io::Result<Option<Frame>> {
+        self.decode().map_err(|close| {
+            tracing::debug!(
+                code = close.code,
+                reason = close.reason,
+                "WebSocket protocol violation"
+            );
+            self.out.close_with(close);
+            io::Error::new(io::ErrorKind::InvalidData, close.reason)
+        })
+    }
+
+    fn read_more(&mut self) -> impl Future<Output = io::Result<usize>> + Send {
+        fill(&mut self.inner, &mut self.buf)
     }
 }
 

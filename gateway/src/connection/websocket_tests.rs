@@ -22,7 +22,14 @@ struct Peer {
     out: Conn,
 }
 
-fn peer() -> Peer {
+/// A reader over an in-memory stream, with `leftover` read first.
+fn reader(
+    leftover: BytesMut,
+) -> (
+    DuplexStream,
+    MessageReader<tokio::io::ReadHalf<DuplexStream>>,
+    Conn,
+) {
     let (client, server) = tokio::io::duplex(1 << 20);
     let (read, write) = tokio::io::split(server);
     let out = Outbound::new(
@@ -33,7 +40,12 @@ fn peer() -> Peer {
         Box::pin(write),
         Flushers::new(1),
     );
-    let reader = MessageReader::new(read, BytesMut::new(), MAX, out.clone());
+    let reader = MessageReader::new(read, leftover, MAX, out.clone());
+    (client, reader, out)
+}
+
+fn peer() -> Peer {
+    let (client, reader, out) = reader(BytesMut::new());
     Peer {
         client,
         reader,
@@ -197,18 +209,8 @@ async fn a_close_frame_ends_the_stream_and_its_code_is_echoed() {
 
 #[tokio::test]
 async fn bytes_sent_after_the_handshake_are_read_first() {
-    let (_client, server) = tokio::io::duplex(64);
-    let (read, write) = tokio::io::split(server);
-    let out = Outbound::new(
-        1,
-        1 << 16,
-        Framing::WebSocket,
-        CancellationToken::new(),
-        Box::pin(write),
-        Flushers::new(1),
-    );
     let leftover = BytesMut::from(&masked(b"early", TEXT, true)[..]);
-    let mut reader = MessageReader::new(read, leftover, MAX, out);
+    let (_client, mut reader, _out) = reader(leftover);
     assert!(reader.has_buffered());
     assert_eq!(line(reader.try_next().unwrap().unwrap()), "early");
 }

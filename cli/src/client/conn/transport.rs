@@ -4,13 +4,11 @@
 //! only; everything above reads and writes whole messages.
 
 use anyhow::bail;
-use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+
+use super::websocket::WebSocket;
 
 /// Where the gateway's WebSocket port upgrades (`--ws` appends it).
 pub const WS_PATH: &str = "/ws";
@@ -74,8 +72,7 @@ pub enum Transport {
         /// A read was cut off (by its caller's timeout) mid-line.
         partial: bool,
     },
-    // Boxed: the WebSocket state is several times the size of the lines'.
-    WebSocket(Box<WebSocketStream<TcpStream>>),
+    WebSocket(WebSocket),
 }
 
 impl Transport {
@@ -94,26 +91,9 @@ impl Transport {
                     partial: false,
                 })
             }
-            Endpoint::WebSocket { url, .. } => {
-                let config = websocket_config(read_buffer);
-                let (ws, _) = tokio_tungstenite::client_async_with_config(
-                    url,
-                    stream,
-                    Some(config),
-                )
-                .await
-                .map_err(|err| match err {
-                    tungstenite::Error::Http(response) => anyhow::anyhow!(
-                        "the WebSocket upgrade was refused: HTTP {}",
-                        response.status()
-                    ),
-                    // Its text already names its cause (no error chain to add).
-                    err => anyhow::anyhow!(
-                        "no WebSocket handshake (is this the gateway's WebSocket port?): {err}"
-                    ),
-                })?;
-                Ok(Self::WebSocket(Box::new(ws)))
-            }
+            Endpoint::WebSocket { url, .. } => Ok(Self::WebSocket(
+                WebSocket::connect(url, stream, read_buffer).await?,
+            )),
         }
     }
 
@@ -125,7 +105,7 @@ impl Transport {
                 out.push(b'\n');
                 writer.write_all(&out).await?;
             }
-            Self::WebSocket(ws) => ws.send(Message::text(message)).await?,
+            Self::WebSocket(ws) => ws.send(message).await?,
         }
         Ok(())
     }
@@ -149,26 +129,7 @@ impl Transport {
                 *partial = false;
                 Ok(true)
             }
-            Self::WebSocket(ws) => loop {
-                // Pings are answered by tungstenite itself while reading.
-                match ws.next().await {
-                    Some(Ok(Message::Text(text))) => {
-                        message.clear();
-                        message.extend_from_slice(text.as_bytes());
-                        return Ok(true);
-                    }
-                    Some(Ok(Message::Binary(_))) => bail!("the gateway sent a binary message"),
-                    Some(Ok(Message::Close(frame))) => {
-                        tracing::debug!(?frame, "the gateway closed the WebSocket");
-                    }
-                    Some(Ok(_)) => {}
-                    None
-                    | Some(Err(tungstenite::Error::Protocol(
-                        tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-                    ))) => return Ok(false),
-                    Some(Err(err)) => return Err(err.into()),
-                }
-            },
+            Self::WebSocket(ws) => ws.read(message).await,
         }
     }
 
@@ -190,20 +151,6 @@ impl Transport {
     }
 }
 
-/// tungstenite's defaults suit a few busy connections, not thousands: a
-/// 128 KiB read buffer allocated up front for each, and up to 128 KiB of
-/// writes held back before they go out. Here the read buffer is the
-/// caller's size (the same the lines transport gets), and nothing is held
-/// back: each message is flushed as it is sent and then awaited, so a
-/// write-buffer target would only cost memory.
-fn websocket_config(read_buffer: usize) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(read_buffer)
-        .write_buffer_size(0)
-}
-
-/// Connects to the first of the comma-separated `addrs` that accepts (and,
-/// for WebSocket, upgrades).
 pub async fn connect_any(addrs: &str, read_buffer: usize) -> anyhow::Result<Transport> {
     let mut failures = Vec::new();
     for addr in addrs.split(',').map(str::trim).filter(|a| !a.is_empty()) {
