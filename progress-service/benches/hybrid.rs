@@ -1,16 +1,20 @@
 //! Hybrid store benchmark; prints a Markdown table.
 //!
 //! 1. Batch writer statement: 1000-row batches into `user_progress` (fresh
-//!    inserts, then upserts over existing rows) against a plain `COPY` of the
-//!    same rows into a scratch table, in the same run.
+//!    inserts, then upserts over existing rows, every other batch handed over
+//!    in hash order as the writer collapses them) against a plain `COPY` of the
+//!    same rows into a scratch table, and into a table with `user_progress`'s
+//!    indexes (what any write into it must at least do), timed in turns.
 //! 2. `UpdateProgress` over gRPC with 64 concurrent callers in hybrid mode
 //!    (service and callers in this process), against `redis-benchmark`
 //!    running the Redis side of an update (read pipeline + write script).
 //!
 //! `cargo bench -p progress-service --bench hybrid` (Postgres from
-//! `TEST_DATABASE_URL` or the local server; a private `redis-server`).
+//! `TEST_DATABASE_URL` or the local server; a private `redis-server`);
+//! `… --bench hybrid -- batch` runs part 1 only.
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+use std::collections::HashMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -25,7 +29,7 @@ use progress_service::{Application, Config};
 use sqlx::postgres::PgPool;
 
 const BATCH: usize = 1000;
-const BATCHES: usize = 20;
+const BATCHES: usize = 30;
 const CALLERS: usize = 64;
 const UPDATES: usize = 64 * 600;
 
@@ -37,29 +41,47 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
+    let batch_only = std::env::args().any(|a| a == "batch");
     let database_url = testkit::fresh_database().await?;
     let pool = PgPool::connect(&database_url).await?;
     sqlx::migrate!("../migrations/postgres").run(&pool).await?;
-    let batches: Vec<Batch> = (0..BATCHES).map(|b| batch(b, 1)).collect();
-    let insert = time_batches(&pool, &batches).await?;
-    let again: Vec<Batch> = (0..BATCHES).map(|b| batch(b, 2)).collect();
-    let upsert = time_batches(&pool, &again).await?;
-    let copy = time_copy(&pool, &batches).await?;
+    let rates = time_batches(&pool).await?;
+
+    println!("| measurement | rows or ops/s | p50 | p99 |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| batch writer, 1000 new rows per statement | {:.0} | | |",
+        rates.insert
+    );
+    println!(
+        "| batch writer, 1000-row upsert over existing rows | {:.0} | | |",
+        rates.upsert
+    );
+    println!(
+        "| batch writer, 1000-row upsert, rows in hash order (as collapsed) | {:.0} | | |",
+        rates.hash_order
+    );
+    println!(
+        "| plain COPY of the same 1000 rows (scratch table) | {:.0} | | |",
+        rates.copy
+    );
+    println!(
+        "| COPY of the same new rows into a table with user_progress's indexes | {:.0} | | |",
+        rates.copy_indexed
+    );
+    println!(
+        "| batch writer / COPY: new rows / upserts (indexed COPY / COPY) | {:.2} / {:.2} ({:.2}) | | |",
+        rates.insert / rates.copy,
+        rates.upsert / rates.copy,
+        rates.copy_indexed / rates.copy
+    );
+    if batch_only {
+        return Ok(());
+    }
 
     let redis = testkit::PrivateRedis::start(false).await?;
     let (updates_per_s, p50, p99) = time_updates(&database_url, &redis.url()).await?;
     let raw = redis_benchmark(redis.port())?;
-
-    println!("| measurement | rows or ops/s | p50 | p99 |");
-    println!("|---|---:|---:|---:|");
-    println!("| batch writer, 1000 new rows per statement | {insert:.0} | | |");
-    println!("| batch writer, 1000-row upsert over existing rows | {upsert:.0} | | |");
-    println!("| plain COPY of the same 1000 rows (scratch table) | {copy:.0} | | |");
-    println!(
-        "| batch writer / COPY | {:.2} / {:.2} | | |",
-        insert / copy,
-        upsert / copy
-    );
     println!(
         "| UpdateProgress, hybrid, {CALLERS} callers | {updates_per_s:.0} | {:.2} ms | {:.2} ms |",
         p50.as_secs_f64() * 1e3,
@@ -69,6 +91,15 @@ async fn run() -> anyhow::Result<()> {
         println!("| redis-benchmark {name}, {CALLERS} clients | {rps:.0} | | {p99} ms |");
     }
     Ok(())
+}
+
+/// Median rows/s of each measurement.
+struct BatchRates {
+    insert: f64,
+    upsert: f64,
+    hash_order: f64,
+    copy: f64,
+    copy_indexed: f64,
 }
 
 fn batch(index: usize, version: i64) -> Batch {
@@ -96,48 +127,95 @@ fn batch(index: usize, version: i64) -> Batch {
     }
 }
 
-/// Median rows/s of one batch statement (transaction included).
-async fn time_batches(pool: &PgPool, batches: &[Batch]) -> anyhow::Result<f64> {
-    let mut rates = Vec::new();
-    for b in batches {
-        let start = Instant::now();
-        write_batch(pool, b).await?;
-        rates.push(b.len() as f64 / start.elapsed().as_secs_f64());
-    }
-    Ok(median(rates))
-}
-
-async fn time_copy(pool: &PgPool, batches: &[Batch]) -> anyhow::Result<f64> {
+/// Each batch statement (transaction included) next to a `COPY` of the same
+/// rows, in turns, so that a busy moment of the machine hits both.
+async fn time_batches(pool: &PgPool) -> anyhow::Result<BatchRates> {
     sqlx::raw_sql(
         "CREATE TABLE copy_scratch (user_id TEXT, manga_id BIGINT, current_chapter NUMERIC(10,2),
-           page INT, status TEXT, version BIGINT, updated_at TIMESTAMPTZ, change_seq BIGINT)",
+           page INT, status TEXT, version BIGINT, updated_at TIMESTAMPTZ, change_seq BIGINT);
+         CREATE TABLE copy_indexed (LIKE user_progress INCLUDING ALL)",
     )
     .execute(pool)
     .await?;
-    let mut rates = Vec::new();
-    for b in batches {
-        let mut text = String::with_capacity(BATCH * 96);
-        for (p, seq) in &b.upserts {
-            text.push_str(&format!(
-                "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
-                p.key.user_id,
-                p.key.manga_id,
-                p.chapter,
-                p.page,
-                p.status.as_str(),
-                p.version,
-                p.updated_at.to_rfc3339(),
-                seq
-            ));
-        }
-        let start = Instant::now();
-        let mut conn = pool.acquire().await?;
-        let mut copy = conn.copy_in_raw("COPY copy_scratch FROM STDIN").await?;
-        copy.send(text.as_bytes()).await?;
-        copy.finish().await?;
-        rates.push(b.len() as f64 / start.elapsed().as_secs_f64());
+    let (mut insert, mut upsert, mut hash_order) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut copy, mut copy_indexed) = (Vec::new(), Vec::new());
+    for index in 0..BATCHES {
+        let b = batch(index, 1);
+        insert.push(time_batch(pool, &b).await?);
+        let text = copy_text(&b);
+        copy.push(time_copy(pool, "copy_scratch", &text).await?);
+        copy_indexed.push(time_copy(pool, "copy_indexed", &text).await?);
     }
-    Ok(median(rates))
+    // Every other upsert batch in the order the writer's collapse hands over.
+    for index in 0..BATCHES {
+        let b = batch(index, 2);
+        let text = copy_text(&b);
+        if index % 2 == 0 {
+            upsert.push(time_batch(pool, &b).await?);
+        } else {
+            hash_order.push(time_batch(pool, &in_hash_order(b)).await?);
+        }
+        copy.push(time_copy(pool, "copy_scratch", &text).await?);
+    }
+    Ok(BatchRates {
+        insert: median(insert),
+        upsert: median(upsert),
+        hash_order: median(hash_order),
+        copy: median(copy),
+        copy_indexed: median(copy_indexed),
+    })
+}
+
+async fn time_batch(pool: &PgPool, b: &Batch) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    write_batch(pool, b).await?;
+    Ok(b.len() as f64 / start.elapsed().as_secs_f64())
+}
+
+/// The batch's rows in the order a `HashMap` holds them, as the writer's
+/// collapse hands them over.
+fn in_hash_order(b: Batch) -> Batch {
+    let rows: HashMap<ProgressKey, (Progress, i64)> = b
+        .upserts
+        .into_iter()
+        .map(|(p, seq)| (p.key.clone(), (p, seq)))
+        .collect();
+    Batch {
+        upserts: rows.into_values().collect(),
+        deletes: Vec::new(),
+    }
+}
+
+fn copy_text(b: &Batch) -> String {
+    let mut text = String::with_capacity(BATCH * 96);
+    for (p, seq) in &b.upserts {
+        text.push_str(&format!(
+            "{}\t{}\t{}\t{}\t{}\t{}\t{}\t{}\n",
+            p.key.user_id,
+            p.key.manga_id,
+            p.chapter,
+            p.page,
+            p.status.as_str(),
+            p.version,
+            p.updated_at.to_rfc3339(),
+            seq
+        ));
+    }
+    text
+}
+
+/// Rows/s of one `COPY` of `text` into `table` (connection and commit included).
+async fn time_copy(pool: &PgPool, table: &str, text: &str) -> anyhow::Result<f64> {
+    let statement = format!(
+        "COPY {table} (user_id, manga_id, current_chapter, page, status, version, updated_at,
+           change_seq) FROM STDIN"
+    );
+    let start = Instant::now();
+    let mut conn = pool.acquire().await?;
+    let mut copy = conn.copy_in_raw(&statement).await?;
+    copy.send(text.as_bytes()).await?;
+    let rows = copy.finish().await?;
+    Ok(rows as f64 / start.elapsed().as_secs_f64())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
