@@ -30,7 +30,7 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Identity};
 use crate::backend::Replicas;
 use crate::config::Config;
-use crate::fanout::{Conn, Fanout, Flushers, Framing, Limiter, Outbound, Outgoing, quota};
+use crate::fanout::{Conn, Fanout, Flushers, Framing, Limiter, Outbound, Outgoing, limiter, quota};
 use crate::handlers::{self, Context, Reply, Session};
 use crate::protocol::{
     Device, ErrorCode, ErrorReply, ParseError, Request, ServerMessage, SystemCode, parse_line,
@@ -86,24 +86,34 @@ const SHUTDOWN_MESSAGE: &str = "the gateway is shutting down; reconnect shortly"
 /// every idle connection pays it (a unit test guards it). What keeps it small:
 /// - the accept loop spawns the future `serve` returns as it is (wrapping it
 ///   in another `async` block stores it twice);
-/// - `serve_in_span` and `request_loop` return `async move` blocks, because
+/// - `serve_frames` and `request_loop` return `async move` blocks, because
 ///   an `async fn` keeps a second copy of its arguments;
 /// - the session is matched by reference, not moved into a second binding;
 /// - the idle wait polls the socket's readiness directly, without wrappers;
 /// - everything used only while a line is handled, authentication and the
-///   close path are boxed.
+///   close path are boxed;
+/// - the tracing span lives in the outbound state and is attached only to
+///   the boxed parts, which are the ones that log (40 bytes);
+/// - the stop signal is one `Notified` on the connection's own `Notify`
+///   (`Outbound::stopped`), not a child cancellation token (one more
+///   allocation per connection);
+/// - the rate limiters use the standard monotonic clock (40 bytes, against
+///   72 with governor's default clock).
 ///
-/// Today: 584 bytes as the tests build it, 592 in release; with Tokio's task
-/// header the task allocation is 768 bytes (128-aligned), and a few bytes more
-/// would make it 896. Check a layout with `RUSTC_BOOTSTRAP=1 cargo rustc
-/// --release -p gateway --lib -- -Zprint-type-sizes`.
-pub const IDLE_FUTURE_BUDGET: usize = 592;
+/// Today: 512 bytes as the tests build it, 520 in release. Tokio's task cell
+/// adds 96 bytes of header and trailer and is 128-aligned, so the task
+/// allocation is 640 bytes up to a future of 536 in release and 768 above:
+/// the budget keeps the smaller size class. Check a layout with
+/// `RUSTC_BOOTSTRAP=1 cargo rustc --release -p gateway --lib --
+/// -Zprint-type-sizes`.
+pub const IDLE_FUTURE_BUDGET: usize = 528;
 
 /// The same for a WebSocket connection (`serve_websocket`), whose reader also
-/// keeps the state of the frame and the message being read: 640 bytes today
-/// as the tests build it. The handshake runs in a task of its own, which
-/// spawns this future once upgraded, so an idle WebSocket pays no more.
-pub const IDLE_WEBSOCKET_FUTURE_BUDGET: usize = 656;
+/// keeps the state of the frame and the message being read: 568 bytes today
+/// as the tests build it (a 768-byte task). The handshake runs in a task of
+/// its own, which spawns this future once upgraded, so an idle WebSocket
+/// pays no more.
+pub const IDLE_WEBSOCKET_FUTURE_BUDGET: usize = 576;
 
 /// Serves one TCP connection until it closes, is dropped, or the server
 /// stops. `slot` (its place under `MAX_CONNECTIONS`) is released at the end.
@@ -122,9 +132,9 @@ where
     R: ReadSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (span, out) = open(&shared, id, stop, Box::pin(writer), Framing::Lines);
+    let out = open(&shared, id, stop, Box::pin(writer), Framing::Lines);
     let lines = LineReader::new(reader, shared.max_message_bytes);
-    serve_in_span(shared, lines, out, slot).instrument(span)
+    serve_frames(shared, lines, out, slot)
 }
 
 /// Serves one WebSocket connection after its handshake; `leftover` is what
@@ -142,24 +152,24 @@ where
     R: ReadSource,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (span, out) = open(&shared, id, stop, Box::pin(writer), Framing::WebSocket);
+    let out = open(&shared, id, stop, Box::pin(writer), Framing::WebSocket);
     let messages = MessageReader::new(reader, leftover, shared.max_message_bytes, out.clone());
-    serve_in_span(shared, messages, out, slot).instrument(span)
+    serve_frames(shared, messages, out, slot)
 }
 
-/// The connection's span and outbound queue, built before its future: what
-/// the future captures, it keeps for its whole life, so it captures these
-/// rather than their ingredients.
+/// The connection's outbound queue (holding its span), built before its
+/// future: what the future captures, it keeps for its whole life, so it
+/// captures this rather than its ingredients.
 fn open(
     shared: &Shared,
     id: u64,
     stop: CancellationToken,
     writer: crate::fanout::BoxWriter,
     framing: Framing,
-) -> (tracing::Span, Conn) {
-    // Attached by the caller rather than with `#[instrument]`, which would
-    // keep the connection's future twice in its task (and every idle
-    // connection pays).
+) -> Conn {
+    // Kept in the outbound state and attached to the boxed parts of the
+    // connection that log (see `serve_frames`), not to the whole future:
+    // every idle connection's task would carry it.
     let transport = match framing {
         Framing::Lines => "tcp",
         Framing::WebSocket => "websocket",
@@ -171,30 +181,33 @@ fn open(
         user_id = tracing::field::Empty
     );
     metrics::gauge!("gateway_connections").increment(1.0);
-    let out = Outbound::new(
+    Outbound::new(
         id,
         shared.outbound_queue_bytes,
         framing,
         stop,
         writer,
         shared.flushers.clone(),
-    );
-    (span, out)
+        span,
+    )
 }
 
 /// An `async move` block rather than an `async fn`: an `async fn` keeps a
 /// second copy of its arguments, and every idle connection would pay for it.
+/// Each part that can log runs in the connection's span (`Outbound::span`);
+/// the idle wait does not.
 #[allow(clippy::manual_async_fn)]
-fn serve_in_span<S: FrameSource>(
+fn serve_frames<S: FrameSource>(
     shared: Arc<Shared>,
     mut lines: S,
     out: Conn,
     slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut opened = Box::pin(authenticate(&shared, &mut lines, &out))
-            .await
-            .map(|auth| open_session(&shared, &out, auth));
+        let mut opened =
+            Box::pin(authenticate(&shared, &mut lines, &out).instrument(out.span().clone()))
+                .await
+                .map(|auth| open_session(&shared, &out, auth));
         // Used in place (by reference), so the session is stored once.
         if let Some((session, user_limiter)) = &mut opened {
             request_loop(&shared, &mut lines, session, user_limiter).await;
@@ -206,7 +219,7 @@ fn serve_in_span<S: FrameSource>(
         }
         drop(opened);
         // Boxed: its timers must not size every idle connection's task.
-        Box::pin(out.finish()).await;
+        Box::pin(out.finish().instrument(out.span().clone())).await;
         metrics::gauge!("gateway_connections").decrement(1.0);
         drop(slot);
     }
@@ -227,8 +240,14 @@ fn open_session(shared: &Shared, out: &Conn, auth: Authenticated) -> (Session, A
         device,
         id,
     } = auth;
-    tracing::Span::current().record("user_id", &*identity.user_id);
+    out.span().record("user_id", &*identity.user_id);
     let user_limiter = shared.context.fanout.join(&identity, out);
+    // From here on the server's shutdown reaches this connection through
+    // `Outbound::stop` (the server cancels its token, then stops every
+    // registered connection); one that registered after that pass stops itself.
+    if out.server_stopping() {
+        out.stop();
+    }
     send(
         out,
         &Reply::new(&ServerMessage::AuthResponse {
@@ -275,11 +294,14 @@ async fn authenticate<S: FrameSource>(
     lines: &mut S,
     out: &Conn,
 ) -> Option<Authenticated> {
+    // Not registered yet, so the server's `stop` does not reach this
+    // connection: it watches the server's token itself.
     let frame = tokio::select! {
-        () = out.stop_token().cancelled() => {
+        () = out.server_stopped() => {
             send_shutdown(out);
             return None;
         }
+        () = out.stopped() => return None,
         frame = tokio::time::timeout(shared.auth_timeout, first_message(lines)) => frame,
     };
     let fail = |reason: &'static str| {
@@ -360,7 +382,7 @@ enum Step {
 /// Waits while idle in a small future; reading and handling a line happen in
 /// a boxed future that exists only while there is input, so an idle
 /// connection's task stays small. (An `async move` block, not an `async fn`,
-/// for the same reason as `serve_in_span`.)
+/// for the same reason as `serve_frames`.)
 #[allow(clippy::manual_async_fn)]
 fn request_loop<'a, S: FrameSource>(
     shared: &'a Shared,
@@ -369,12 +391,12 @@ fn request_loop<'a, S: FrameSource>(
     user_limiter: &'a Limiter,
 ) -> impl Future<Output = ()> + Send + 'a {
     async move {
-        let conn_limiter = Limiter::direct(shared.conn_quota);
+        let conn_limiter = limiter(shared.conn_quota);
         loop {
             if !lines.has_buffered() {
                 let readable = tokio::select! {
                     biased;
-                    () = session.conn.stop_token().cancelled() => Step::Stop,
+                    () = session.conn.stopped() => Step::Stop,
                     ready = lines.wait_readable() => if ready.is_ok() { Step::Next } else { Step::Close },
                 };
                 match readable {
@@ -384,7 +406,8 @@ fn request_loop<'a, S: FrameSource>(
                 }
             }
             let limits = [&conn_limiter, user_limiter];
-            match Box::pin(next_request(shared, lines, session, limits)).await {
+            let span = session.conn.span().clone();
+            match Box::pin(next_request(shared, lines, session, limits).instrument(span)).await {
                 Step::Next => {}
                 Step::Stop => break,
                 Step::Close => return,
@@ -444,7 +467,7 @@ async fn next_request<S: FrameSource>(
     let out = session.conn.clone();
     let frame = tokio::select! {
         biased;
-        () = out.stop_token().cancelled() => return Step::Stop,
+        () = out.stopped() => return Step::Stop,
         frame = lines.next() => frame,
     };
     out.touch();
@@ -532,14 +555,13 @@ async fn answer<T: IntoIterator<Item = Reply>>(
     handling: impl Future<Output = T>,
 ) -> bool {
     let mut handling = Box::pin(handling);
-    let stop = out.stop_token();
     tokio::select! {
         biased;
         replies = &mut handling => {
             replies.into_iter().for_each(|reply| send(out, &reply));
             true
         }
-        () = stop.cancelled() => {
+        () = out.stopped() => {
             if out.is_kicked() {
                 return false;
             }

@@ -17,7 +17,7 @@ use mangahub_proto::v1 as pb;
 
 pub use outbound::flusher::Flushers;
 pub use outbound::{BoxWriter, CloseCode, Conn, Framing, Outbound, Outgoing};
-pub use registry::{Limiter, quota};
+pub use registry::{Limiter, limiter, quota};
 
 use crate::auth::Identity;
 use crate::protocol::{Channel, MangaRef, Record, ServerMessage, SystemCode, cursor};

@@ -211,7 +211,7 @@ impl Gateway {
             };
             configure(&stream);
             let id = next_id.fetch_add(1, Ordering::Relaxed);
-            let conn_stop = stop.child_token();
+            let conn_stop = stop.clone();
             match (&tls, transport) {
                 // Boxed: the handshake (and TLS) state must not size every TCP connection's task.
                 (tls, Transport::WebSocket) => {
@@ -256,6 +256,12 @@ impl Gateway {
         drop(ws_listener);
         tracing::info!(drain = ?shared.shutdown_drain, "shutting down: no longer accepting");
         stop.cancel();
+        // Registered connections wait on their own signal, not the token
+        // (see `Outbound::stop`); one registering meanwhile sees the token.
+        shared
+            .context
+            .fanout
+            .for_each_connection(|conn| conn.stop());
         shared.tasks.close();
         let deadline = shared.shutdown_drain + Duration::from_secs(2);
         if tokio::time::timeout(deadline, shared.tasks.wait())

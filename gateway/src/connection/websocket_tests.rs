@@ -39,6 +39,7 @@ fn reader(
         CancellationToken::new(),
         Box::pin(write),
         Flushers::new(1),
+        tracing::Span::none(),
     );
     let reader = MessageReader::new(read, leftover, MAX, out.clone());
     (client, reader, out)
