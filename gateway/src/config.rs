@@ -111,9 +111,10 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_DRAIN", default_value = "5s", value_parser = humantime::parse_duration)]
     pub shutdown_drain: Duration,
 
-    /// Bytes queued for one connection before it is dropped as a slow consumer.
-    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u64).range(1024..))]
-    pub outbound_queue_bytes: u64,
+    /// Bytes queued for one connection before it is dropped as a slow
+    /// consumer (1 KiB to 4 GiB - 1).
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 1_048_576, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub outbound_queue_bytes: u32,
 
     /// Deadline of one gRPC call to the progress service.
     #[arg(long, env = "GRPC_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -179,10 +180,6 @@ impl Config {
         usize::try_from(self.max_message_bytes).unwrap_or(usize::MAX)
     }
 
-    pub(crate) fn outbound_queue_bytes(&self) -> usize {
-        usize::try_from(self.outbound_queue_bytes).unwrap_or(usize::MAX)
-    }
-
     pub(crate) fn max_connections(&self) -> usize {
         usize::try_from(self.max_connections)
             .unwrap_or(usize::MAX)
@@ -232,6 +229,19 @@ mod tests {
             "WS_ALLOWED_ORIGINS",
         ] {
             assert!(help.contains(name), "--help lacks {name}");
+        }
+    }
+
+    #[test]
+    fn outbound_queue_bytes_is_refused_outside_its_range() {
+        for (value, ok) in [
+            ("1023", false),
+            ("1024", true),
+            ("4294967295", true),
+            ("4294967296", false),
+        ] {
+            let parsed = Config::try_parse_from(["gateway", "--outbound-queue-bytes", value]);
+            assert_eq!(parsed.is_ok(), ok, "--outbound-queue-bytes {value}");
         }
     }
 

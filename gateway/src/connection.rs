@@ -49,7 +49,7 @@ pub struct Shared {
     pub idle_timeout: Duration,
     pub shutdown_drain: Duration,
     pub max_message_bytes: usize,
-    pub outbound_queue_bytes: usize,
+    pub outbound_queue_bytes: u32,
     pub conn_quota: Quota,
     pub flushers: Arc<Flushers>,
 }
@@ -72,7 +72,7 @@ impl Shared {
             idle_timeout: config.idle_timeout,
             shutdown_drain: config.shutdown_drain,
             max_message_bytes: config.max_message_bytes(),
-            outbound_queue_bytes: config.outbound_queue_bytes(),
+            outbound_queue_bytes: config.outbound_queue_bytes,
             conn_quota: quota(config.rate_limit_per_sec, config.rate_limit_burst),
             flushers: Flushers::per_core(),
         })

@@ -68,6 +68,8 @@ struct State {
     writer: Option<BoxWriter>,
     /// Waiting in a flusher's list.
     scheduled: bool,
+    /// `finish` waits for the write half (see `Outbound::hand_back`).
+    writer_wanted: bool,
     /// Why the connection ends, for a WebSocket's close frame (the first
     /// reason given wins).
     close: Option<CloseCode>,
@@ -76,7 +78,8 @@ struct State {
 /// The handle producers hold for one connection.
 pub struct Outbound {
     id: u64,
-    capacity: usize,
+    /// `OUTBOUND_QUEUE_BYTES` (a u32 setting: every connection holds it).
+    capacity: u32,
     framing: Framing,
     /// The server's own token (a clone, not a child: a child token is one
     /// more allocation per connection). Authenticated connections hear of
@@ -84,11 +87,12 @@ pub struct Outbound {
     server_stop: CancellationToken,
     /// Set when the connection must stop: kicked, or told by the server.
     stopping: AtomicBool,
-    /// Signalled (to all waiters) when `stopping` is set.
-    stop_signal: Notify,
+    /// Signalled (to all waiters) when `stopping` is set, and when the write
+    /// half comes back while `finish` waits for it. One `Notify` for both:
+    /// every waiter checks its own condition again, and each is 32 bytes
+    /// every connection pays.
+    signal: Notify,
     state: Mutex<State>,
-    /// Signalled when the write half is handed back.
-    returned: Notify,
     flushers: Arc<Flushers>,
     /// The last fan-out event delivered here, so each event arrives at most once.
     last_event: AtomicU64,
@@ -129,7 +133,7 @@ impl Future for Stopped<'_> {
                     Poll::Pending
                 };
             }
-            this.signalled.set(this.out.stop_signal.notified());
+            this.signalled.set(this.out.signal.notified());
         }
     }
 }
@@ -152,7 +156,7 @@ enum Progress {
 impl Outbound {
     pub fn new(
         id: u64,
-        capacity: usize,
+        capacity: u32,
         framing: Framing,
         server_stop: CancellationToken,
         writer: BoxWriter,
@@ -165,16 +169,16 @@ impl Outbound {
             framing,
             server_stop,
             stopping: AtomicBool::new(false),
-            stop_signal: Notify::new(),
+            signal: Notify::new(),
             state: Mutex::new(State {
                 queue: VecDeque::new(),
                 bytes: 0,
                 mode: Mode::Open,
                 writer: Some(writer),
                 scheduled: false,
+                writer_wanted: false,
                 close: None,
             }),
-            returned: Notify::new(),
             flushers,
             last_event: AtomicU64::new(0),
             last_seen: AtomicU64::new(clock_ms()),
@@ -207,7 +211,7 @@ impl Outbound {
     /// and closes. Idempotent.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
-        self.stop_signal.notify_waiters();
+        self.signal.notify_waiters();
     }
 
     /// True once the connection was kicked or told to stop.
@@ -220,7 +224,7 @@ impl Outbound {
     pub fn stopped(&self) -> Stopped<'_> {
         Stopped {
             out: self,
-            signalled: self.stop_signal.notified(),
+            signalled: self.signal.notified(),
         }
     }
 
@@ -276,7 +280,7 @@ impl Outbound {
         if state.mode != Mode::Open {
             return false;
         }
-        if bounded && state.bytes + item.len() > self.capacity {
+        if bounded && state.bytes + item.len() > self.capacity as usize {
             state.mode = Mode::Kicked;
             state.queue.clear();
             state.close.get_or_insert(CloseCode::SLOW_CONSUMER);
@@ -376,25 +380,38 @@ impl Outbound {
         let mut state = self.lock();
         state.bytes = state.bytes.saturating_sub(written.total);
         if state.mode != Mode::Open || state.queue.is_empty() {
-            state.writer = Some(writer);
-            drop(state);
-            self.returned.notify_one();
+            self.hand_back(state, writer);
             return None;
         }
         let next = Batch::new(std::mem::take(&mut state.queue));
         Some((writer, next))
     }
 
+    /// Puts the write half back; wakes `take_writer` if it waits.
+    fn hand_back(&self, mut state: MutexGuard<'_, State>, writer: BoxWriter) {
+        state.writer = Some(writer);
+        let wanted = std::mem::take(&mut state.writer_wanted);
+        drop(state);
+        if wanted {
+            self.signal.notify_waiters();
+        }
+    }
+
     /// Takes the write half once whoever holds it hands it back.
     async fn take_writer(&self) -> BoxWriter {
         loop {
-            let returned = self.returned.notified();
-            tokio::pin!(returned);
-            returned.as_mut().enable();
-            if let Some(writer) = self.lock().writer.take() {
-                return writer;
+            let signalled = self.signal.notified();
+            tokio::pin!(signalled);
+            // Registered before the check, so a `hand_back` between the two wakes it.
+            signalled.as_mut().enable();
+            {
+                let mut state = self.lock();
+                if let Some(writer) = state.writer.take() {
+                    return writer;
+                }
+                state.writer_wanted = true;
             }
-            returned.await;
+            signalled.await;
         }
     }
 
@@ -462,9 +479,7 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
                         state.queue.push_front(item);
                     }
                 }
-                state.writer = Some(writer);
-                drop(state);
-                out.returned.notify_one();
+                out.hand_back(state, writer);
                 return;
             }
             result = async {
@@ -474,8 +489,7 @@ async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
         };
         if !written {
             out.kick();
-            out.lock().writer = Some(writer);
-            out.returned.notify_one();
+            out.hand_back(out.lock(), writer);
             return;
         }
         match out.after_write(writer, &batch) {
@@ -551,7 +565,7 @@ mod tests {
         Bytes::from(text)
     }
 
-    fn outbound(capacity: usize) -> (Arc<Outbound>, tokio::io::DuplexStream) {
+    fn outbound(capacity: u32) -> (Arc<Outbound>, tokio::io::DuplexStream) {
         let (client, server) = tokio::io::duplex(1 << 16);
         let out = Outbound::new(
             1,
