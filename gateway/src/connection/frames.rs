@@ -8,7 +8,7 @@ use std::io;
 use std::task::{Context, Poll, Waker};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, Interest, Ready};
+use tokio::io::{AsyncRead, AsyncReadExt, Ready};
 
 /// Small: most messages are short, and a long one grows the buffer by doubling.
 pub const FIRST_READ: usize = 1024;
@@ -39,9 +39,16 @@ pub trait ReadSource: AsyncRead + Unpin + Send + 'static {
 
 impl ReadSource for tokio::net::tcp::OwnedReadHalf {
     fn wait_readable(&self) -> impl Future<Output = io::Result<Ready>> + Send {
-        // The innermost readiness future: each async layer around it would
-        // add to every idle connection's task.
-        self.as_ref().ready(Interest::READABLE)
+        // Polls the socket's read readiness in place: the waker goes into
+        // Tokio's registration of the socket, so nothing is stored here,
+        // where `ready()` keeps a 136-byte future in every idle
+        // connection's task. (Only this connection's task reads the socket,
+        // so the single read waker slot is enough.)
+        std::future::poll_fn(move |cx| {
+            self.as_ref()
+                .poll_read_ready(cx)
+                .map_ok(|()| Ready::READABLE)
+        })
     }
 }
 
