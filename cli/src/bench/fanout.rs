@@ -33,7 +33,7 @@ use crate::client::conn::{REPLY_TIMEOUT, Reply};
 
 /// A subscriber reads floods of events: 8 KiB takes ~30 of them per read
 /// (the CLI's default 1 KiB would take ~3), on either transport.
-const SUBSCRIBER_READ_BUFFER: usize = 8 * 1024;
+pub const SUBSCRIBER_READ_BUFFER: usize = 8 * 1024;
 
 #[derive(Debug, clap::Args)]
 pub struct FanoutArgs {
@@ -66,9 +66,15 @@ pub struct FanoutArgs {
     /// throughput then latency, each beside --against in the same run.
     #[arg(long, value_delimiter = ',', requires = "start")]
     pub sweep: Vec<usize>,
-    /// The same-run reference of a sweep.
-    #[arg(long, value_enum, requires = "sweep")]
-    pub against: Option<fanout_sweep::Reference>,
+    /// The same-run references of a sweep: redis (Redis Pub/Sub), floor (a
+    /// server of bare write calls, one per subscriber per message), or both
+    /// (redis,floor).
+    #[arg(long, value_enum, value_delimiter = ',', requires = "sweep")]
+    pub against: Vec<fanout_sweep::Against>,
+    /// The floor's writer threads, each writing to its own share of the
+    /// subscribers: one floor per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub floor_writers: Vec<usize>,
     /// Start a fresh progress service and gateway (with --jwt-secret) for
     /// the sweep instead of using a running one.
     #[arg(long)]
@@ -281,27 +287,33 @@ impl Subscribers {
     ) -> anyhow::Result<Self> {
         let prefix = format!("bench-fanout-{run}-{manga}");
         let conns = conns::open_many_with(gateway, &prefix, count, SUBSCRIBER_READ_BUFFER).await?;
-        let counts = Arc::new(Counts::new(count));
         let subscribe = format!(r#"{{"type":"subscribe","data":{{"manga_id":{manga}}}}}"#);
-        let mut tasks = Vec::with_capacity(count);
-        for (i, mut conn) in conns.into_iter().enumerate() {
+        let mut subscribed = Vec::with_capacity(count);
+        for mut conn in conns {
             let reply = conn.request(&subscribe).await?;
             if reply.kind != "subscribed" {
                 bail!("subscribing answered {}", conn.last_line());
             }
-            tasks.push(tokio::spawn(receive(
-                conn,
-                counts.clone(),
-                arrivals.clone(),
-                i,
-            )));
+            subscribed.push(conn);
         }
-        Ok(Self {
+        Ok(Self::from_conns(subscribed, manga, arrivals))
+    }
+
+    /// Connections already subscribed (to `manga`, or whatever the server
+    /// has), each read from now on in its own task.
+    pub fn from_conns(conns: Vec<Conn>, manga: i64, arrivals: Arc<Arrivals>) -> Self {
+        let counts = Arc::new(Counts::new(conns.len()));
+        let tasks = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, conn)| tokio::spawn(receive(conn, counts.clone(), arrivals.clone(), i)))
+            .collect();
+        Self {
             transport: Transport::Tcp,
             manga,
             counts,
             tasks,
-        })
+        }
     }
 
     fn with_transport(mut self, transport: Transport) -> Self {
@@ -345,7 +357,7 @@ async fn receive(mut conn: Conn, counts: Arc<Counts>, arrivals: Arc<Arrivals>, i
 
 /// The chapter of a broadcast, in hundredths: the number of the update the
 /// publisher sent (see [`GatewaySink`]).
-fn chapter_hundredths(message: &str) -> Option<i64> {
+pub(super) fn chapter_hundredths(message: &str) -> Option<i64> {
     let rest = &message[message.find("\"chapter\":")? + "\"chapter\":".len()..];
     let number = &rest[..rest
         .find(|c: char| !c.is_ascii_digit() && c != '.')

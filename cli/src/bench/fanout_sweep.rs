@@ -2,20 +2,23 @@
 //! turn, on a gateway started here (TCP): N subscribers of one manga, a
 //! throughput phase (as fast as they keep up, as `bench fanout`), then a
 //! latency phase (`--latency-rate` updates/s, publish → last subscriber per
-//! update); then the same two phases against the reference, Redis Pub/Sub on
-//! a private `redis-server`, with messages the size of the gateway's events.
-//! One set of subscribers is connected at a time, so the largest count fits
-//! in this process's open files.
+//! update); then the same two phases against the references: Redis Pub/Sub
+//! on a private `redis-server`, and the floor (`floor`: a server of nothing
+//! but one `write` per subscriber per message, with 1 and 2 writer threads),
+//! each with messages the size of the gateway's events. One set of
+//! subscribers is connected at a time, so the largest count fits in this
+//! process's open files.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::bail;
 
 use super::conns::{self, GatewayArgs, Transport};
 use super::deliveries::{Arrivals, Counts};
 use super::fanout::{Cpu, FanoutArgs, GatewaySink, Subscribers, percent};
+use super::floor::{self, FloorServer};
 use super::processes::Binaries;
 use super::publish::{LatencyPhase, Phase, Publisher, Sink};
 use super::redis_pubsub::{RedisServer, RedisSink, RedisSubscribers};
@@ -34,9 +37,19 @@ pub enum Reference {
     Redis,
 }
 
+/// A same-run reference of the fan-out sweep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Against {
+    /// Redis Pub/Sub: SUBSCRIBE / PUBLISH on one channel.
+    Redis,
+    /// A server of bare write calls: each message written to each
+    /// subscriber's socket, one blocking write each (see --floor-writers).
+    Floor,
+}
+
 /// One backend at one subscriber count.
 struct Point {
-    backend: &'static str,
+    backend: String,
     subscribers: usize,
     throughput: Phase,
     /// CPU over the throughput phase: the server's, this process's, the rest.
@@ -50,6 +63,9 @@ struct Point {
     last_p50: f64,
     last_p99: f64,
     message_bytes: usize,
+    /// The server's CPU over the latency phase, and how long that took.
+    latency_server_cpu: Option<Duration>,
+    latency_elapsed: Duration,
 }
 
 pub fn run(args: &FanoutArgs) -> anyhow::Result<()> {
@@ -67,7 +83,17 @@ pub fn run(args: &FanoutArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let points = runtime.block_on(sweep(args, &binaries))?;
-    table(args, &points).print();
+    let mut table = table(args, &points);
+    if args.against.contains(&Against::Floor) {
+        let bytes = points.iter().map(|p| p.message_bytes).max().unwrap_or(0) + 1;
+        eprintln!("one bare write of {bytes} bytes…");
+        let ns = floor::bare_write_ns(bytes)?;
+        table.note(format!(
+            "one bare loopback write(2) of {bytes} bytes (the message and its newline, one socket, its reader keeping up): {ns:.0} ns of the writing thread's CPU; 1,000 of them: {:.2} ms",
+            ns * 1000.0 / 1e6
+        ));
+    }
+    table.print();
     if let Some(dir) = &args.chart_dir {
         write_charts(dir, args, &points)?;
     }
@@ -82,9 +108,10 @@ async fn sweep(args: &FanoutArgs, binaries: &Binaries) -> anyhow::Result<Vec<Poi
         ..StackOptions::default()
     };
     let stack = Stack::start(binaries, &options).await?;
-    let redis = match args.against {
-        Some(Reference::Redis) => Some(RedisServer::start(largest + 16).await?),
-        None => None,
+    let redis = if args.against.contains(&Against::Redis) {
+        Some(RedisServer::start(largest + 16).await?)
+    } else {
+        None
     };
     let result = sweep_on(args, &stack, redis.as_ref()).await;
     stack.stop().await;
@@ -119,7 +146,7 @@ async fn sweep_on(
         let subscribers = Subscribers::start(&gateway, manga, run, count, arrivals.clone()).await?;
         gateway_publisher.sink.manga = subscribers.manga();
         let point = measure(
-            "gateway",
+            "gateway".into(),
             &mut gateway_publisher,
             &subscribers.counts,
             &arrivals,
@@ -144,7 +171,7 @@ async fn sweep_on(
             publisher.sink.bytes = event_bytes;
             let pids: Vec<u32> = server.pid().into_iter().collect();
             let point = measure(
-                "Redis",
+                "Redis".into(),
                 publisher,
                 &subscribers.counts,
                 &arrivals,
@@ -156,13 +183,51 @@ async fn sweep_on(
             points.push(point);
             tokio::time::sleep(SETTLE).await;
         }
+
+        if args.against.contains(&Against::Floor) {
+            for &writers in &args.floor_writers {
+                points.push(measure_floor(args, writers, count, event_bytes, &arrivals).await?);
+                tokio::time::sleep(SETTLE).await;
+            }
+        }
     }
     Ok(points)
 }
 
+/// A fresh floor server of `writers` threads, `count` subscribers on it.
+async fn measure_floor(
+    args: &FanoutArgs,
+    writers: usize,
+    count: usize,
+    event_bytes: usize,
+    arrivals: &Arc<Arrivals>,
+) -> anyhow::Result<Point> {
+    let server = FloorServer::start(writers).await?;
+    eprintln!("{}: {count} subscribers…", server.name());
+    let result = async {
+        let subscribers = server
+            .subscribers(count, args.gateway.connect_concurrency, arrivals.clone())
+            .await?;
+        let mut publisher = Publisher::new(server.sink(event_bytes).await?);
+        let pids: Vec<u32> = server.pid().into_iter().collect();
+        measure(
+            server.name(),
+            &mut publisher,
+            &subscribers.counts,
+            arrivals,
+            args,
+            &pids,
+        )
+        .await
+    }
+    .await;
+    server.stop().await;
+    result
+}
+
 /// Warm-up, throughput, latency: one backend's point.
 async fn measure<S: Sink>(
-    backend: &'static str,
+    backend: String,
     publisher: &mut Publisher<S>,
     counts: &Counts,
     arrivals: &Arrivals,
@@ -177,6 +242,7 @@ async fn measure<S: Sink>(
         .throughput(counts, args.duration, args.bounds())
         .await?;
     let used = cpu.since()?;
+    let (cpu, start) = (Cpu::now(pids)?, Instant::now());
     let LatencyPhase {
         sent,
         incomplete,
@@ -184,6 +250,8 @@ async fn measure<S: Sink>(
     } = publisher
         .latency(counts, arrivals, args.latency_rate, args.latency_duration)
         .await?;
+    let latency_elapsed = start.elapsed();
+    let latency_server_cpu = cpu.since()?.server;
     Ok(Point {
         backend,
         subscribers: counts.len(),
@@ -196,6 +264,8 @@ async fn measure<S: Sink>(
         last_p50: last.quantile_ms(0.5),
         last_p99: last.quantile_ms(0.99),
         message_bytes: counts.message_bytes(),
+        latency_server_cpu,
+        latency_elapsed,
     })
 }
 
@@ -203,6 +273,26 @@ impl Point {
     fn deliveries_per_s(&self) -> f64 {
         self.throughput.delivered as f64 / self.throughput.elapsed.as_secs_f64().max(f64::EPSILON)
     }
+
+    /// Server CPU per delivery of the throughput phase, ns.
+    fn server_ns_per_delivery(&self) -> Option<f64> {
+        per_delivery(self.server_cpu?, self.throughput.delivered)
+    }
+
+    /// Server CPU per delivery of the latency phase (every message to every
+    /// subscriber), ns.
+    fn latency_server_ns_per_delivery(&self) -> Option<f64> {
+        let delivered = (self.sent - self.incomplete) * self.subscribers;
+        per_delivery(self.latency_server_cpu?, delivered as u64)
+    }
+}
+
+fn per_delivery(cpu: Duration, delivered: u64) -> Option<f64> {
+    (delivered > 0).then(|| cpu.as_nanos() as f64 / delivered as f64)
+}
+
+fn ns(value: Option<f64>) -> String {
+    value.map_or("-".into(), |ns| format!("{ns:.0}"))
 }
 
 fn table(args: &FanoutArgs, points: &[Point]) -> Table {
@@ -223,14 +313,15 @@ fn table(args: &FanoutArgs, points: &[Point]) -> Table {
     for row in rows(points) {
         table.row(row);
     }
-    table.note("CPU over the throughput phase, % of one core: the server's (the gateway process alone, or redis-server), this process's, and the rest of the machine's (a quiet one: near 0)".into());
+    table.note("CPU over the throughput phase, % of one core: the server's (the gateway process alone, redis-server, or the floor server), this process's, and the rest of the machine's (a quiet one: near 0); server ns / delivery: the server's CPU time over the phase / deliveries (for the floor: the CPU of one write)".into());
+    table.note("latency server CPU %, ns / delivery: the same over the latency phase (publishing to the end of the drain)".into());
     table.note(
         "last p50/p99: publish → the last subscriber's receipt of each message of the latency phase; incomplete: messages some subscriber never got".into(),
     );
     table
 }
 
-const HEADER: [&str; 12] = [
+const HEADER: [&str; 15] = [
     "subscribers",
     "deliveries/s",
     "lost",
@@ -243,6 +334,9 @@ const HEADER: [&str; 12] = [
     "latency messages",
     "incomplete",
     "message bytes",
+    "server ns / delivery",
+    "latency server CPU %",
+    "latency server ns / delivery",
 ];
 
 fn rows(points: &[Point]) -> Vec<Vec<String>> {
@@ -264,6 +358,11 @@ fn rows(points: &[Point]) -> Vec<Vec<String>> {
                 point.sent.to_string(),
                 point.incomplete.to_string(),
                 point.message_bytes.to_string(),
+                ns(point.server_ns_per_delivery()),
+                point
+                    .latency_server_cpu
+                    .map_or("-".into(), |cpu| percent(cpu, point.latency_elapsed)),
+                ns(point.latency_server_ns_per_delivery()),
             ]
         })
         .collect()
@@ -273,8 +372,8 @@ fn write_charts(dir: &Path, args: &FanoutArgs, points: &[Point]) -> anyhow::Resu
     std::fs::create_dir_all(dir)?;
     let mut backends: Vec<&str> = Vec::new();
     for point in points {
-        if !backends.contains(&point.backend) {
-            backends.push(point.backend);
+        if !backends.contains(&point.backend.as_str()) {
+            backends.push(&point.backend);
         }
     }
     let curve = |measure: &dyn Fn(&Point) -> f64| -> Vec<(String, Vec<(f64, f64)>)> {
@@ -292,7 +391,14 @@ fn write_charts(dir: &Path, args: &FanoutArgs, points: &[Point]) -> anyhow::Resu
     };
     report::curves_svg(
         &dir.join("fanout-deliveries.svg"),
-        "fan-out deliveries/s, gateway vs Redis Pub/Sub (same run)",
+        &format!(
+            "fan-out deliveries/s, {} (same run)",
+            backends
+                .iter()
+                .map(|&b| if b == "Redis" { "Redis Pub/Sub" } else { b })
+                .collect::<Vec<_>>()
+                .join(" vs ")
+        ),
         ("subscribers", "deliveries/s"),
         &curve(&Point::deliveries_per_s),
     )?;
@@ -308,7 +414,7 @@ fn write_charts(dir: &Path, args: &FanoutArgs, points: &[Point]) -> anyhow::Resu
     )?;
     let mut csv = Vec::new();
     for (point, row) in points.iter().zip(rows(points)) {
-        let mut cells = vec![point.backend.to_owned(), point.subscribers.to_string()];
+        let mut cells = vec![point.backend.clone(), point.subscribers.to_string()];
         cells.extend(row.into_iter().skip(1));
         csv.push(cells);
     }

@@ -6,6 +6,7 @@ mod conns;
 mod deliveries;
 mod fanout;
 mod fanout_sweep;
+mod floor;
 mod grpc;
 mod idle;
 mod processes;
@@ -29,7 +30,9 @@ pub enum BenchCommand {
     Idle(idle::IdleArgs),
     /// Events delivered per second to N subscribers of one manga through a
     /// running gateway, per transport (TCP, WebSocket, or both in one run);
-    /// with --sweep, curves against subscriber count beside Redis Pub/Sub.
+    /// with --sweep, curves against subscriber count beside Redis Pub/Sub
+    /// and/or the floor (--against redis,floor): a server of nothing but one
+    /// bare write(2) per subscriber per message, with 1 and 2 writer threads.
     Fanout(fanout::FanoutArgs),
     /// Devices catching up: a progress-service restart under N gateway clients
     /// (events again, RESYNCs) and `sync` after missed changes, each beside a
@@ -41,6 +44,10 @@ pub enum BenchCommand {
     /// every device heard its other devices (or got RESYNC) and converged, and
     /// that no process grew beyond a memory bound. Exits non-zero on a failure.
     Chaos(chaos::ChaosArgs),
+    /// The fan-out floor's server (`bench fanout --against floor` starts it):
+    /// each line a publisher sends, written to every subscriber.
+    #[command(hide = true)]
+    FloorServer(floor::FloorServerArgs),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -51,5 +58,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Fanout(args) => fanout::run(&args),
         BenchCommand::CatchUp(args) => catch_up::run(&args),
         BenchCommand::Chaos(args) => chaos::run(&args),
+        BenchCommand::FloorServer(args) => floor::run(&args),
     }
 }

@@ -29,7 +29,16 @@ pub fn cpu_time(pid: Option<u32>) -> anyhow::Result<Duration> {
         || "/proc/self/stat".to_owned(),
         |p| format!("/proc/{p}/stat"),
     );
-    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    cpu_time_at(&path)
+}
+
+/// CPU time (user + system) the calling thread has used so far.
+pub fn thread_cpu_time() -> anyhow::Result<Duration> {
+    cpu_time_at("/proc/thread-self/stat")
+}
+
+fn cpu_time_at(path: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     // The command name, in parentheses, may hold spaces: count fields after it.
     // utime and stime are fields 14 and 15 of stat(5); the rest starts at 3.
     let fields: Vec<&str> = stat

@@ -78,6 +78,16 @@ impl Conn {
         Ok(conn)
     }
 
+    /// A lines connection to `addr` with no authentication, for a server
+    /// that asks none (the fan-out bench's floor); `read_buffer` as
+    /// [`Conn::open_with`].
+    pub async fn connect_plain(addr: &str, read_buffer: usize) -> anyhow::Result<Self> {
+        Ok(Conn {
+            transport: transport::connect_any(addr, read_buffer).await?,
+            line: Vec::new(),
+        })
+    }
+
     /// Sends one message and reads the next one (the reply, when nothing else
     /// is pushed meanwhile).
     pub async fn request(&mut self, line: &str) -> anyhow::Result<Reply> {
