@@ -146,6 +146,7 @@ pub fn check(data: &[u8]) {
         CancellationToken::new(),
         Box::pin(tokio::io::sink()),
         Flushers::new(1),
+        tracing::Span::none(),
     );
     let mut reader = MessageReader::new(source, Default::default(), cap, out);
     let mut got = Vec::new();
