@@ -44,6 +44,9 @@ pub struct GrpcArgs {
     /// Measure an already running service instead of starting one.
     #[arg(long)]
     pub addr: Option<String>,
+    /// With --addr: the service's process ids, for its CPU time per call.
+    #[arg(long, value_delimiter = ',', requires = "addr")]
+    pub server_pid: Vec<u32>,
     /// Concurrent callers.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -89,6 +92,8 @@ struct Row {
 struct Accounting {
     /// The service runs in this process (its threads are the non-caller ones).
     in_process: bool,
+    /// Or its processes (a service started elsewhere).
+    service_pids: Vec<u32>,
     redis_pid: Option<u32>,
     /// The Postgres backends of this database (their titles name it).
     database: Option<String>,
@@ -108,6 +113,7 @@ struct CpuSplit {
 struct CpuSnapshot {
     process: Duration,
     client: Duration,
+    external_service: Duration,
     redis: Option<Duration>,
     postgres: HashMap<u32, Duration>,
     machine: Duration,
@@ -128,9 +134,14 @@ impl CpuSnapshot {
             .as_deref()
             .map(|db| procfs::processes_matching(db).into_iter().collect())
             .unwrap_or_default();
+        let mut external_service = Duration::ZERO;
+        for &pid in &accounting.service_pids {
+            external_service += procfs::cpu_time(Some(pid))?;
+        }
         Ok(Self {
             process: procfs::cpu_time(None)?,
             client,
+            external_service,
             redis: accounting
                 .redis_pid
                 .map(|pid| procfs::cpu_time(Some(pid)))
@@ -143,7 +154,12 @@ impl CpuSnapshot {
     fn since(&self, start: &Self, accounting: &Accounting) -> CpuSplit {
         let process = self.process.saturating_sub(start.process);
         let client = self.client.saturating_sub(start.client).min(process);
-        let service = accounting.in_process.then(|| process - client);
+        let external = self.external_service.saturating_sub(start.external_service);
+        let service = if accounting.in_process {
+            Some(process - client)
+        } else {
+            (!accounting.service_pids.is_empty()).then_some(external)
+        };
         let redis = self
             .redis
             .zip(start.redis)
@@ -156,7 +172,8 @@ impl CpuSnapshot {
                 })
                 .sum()
         });
-        let accounted = process + redis.unwrap_or_default() + postgres.unwrap_or_default();
+        let accounted =
+            process + external + redis.unwrap_or_default() + postgres.unwrap_or_default();
         CpuSplit {
             client,
             service,
@@ -183,7 +200,10 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
             addr.clone(),
             args,
             Op::Update,
-            Accounting::default(),
+            Accounting {
+                service_pids: args.server_pid.clone(),
+                ..Accounting::default()
+            },
         ))?);
     } else {
         for backend in &args.backend {
@@ -222,6 +242,7 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
                 database: (*backend != Backend::Sqlite)
                     .then(|| database_url.rsplit_once('/').map(|(_, db)| db.to_owned()))
                     .flatten(),
+                ..Accounting::default()
             };
             let app = server_rt.block_on(progress_service::Application::build(config))?;
             let addr = format!("http://{}", app.local_addr());
@@ -288,7 +309,7 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
     if !cpu_lines.is_empty() {
         println!(
             "\nCPU time per acknowledged call over the measured window, µs (user + system from /proc; \
-             client: this process's caller threads; progress-service: the rest of this process; \
+             client: this process's caller threads; progress-service: the rest of this process, or --server-pid; \
              postgres: the backends of the run's database; ceiling: {cores} cores / the sum)"
         );
         println!(
