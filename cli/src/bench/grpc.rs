@@ -1,7 +1,10 @@
 //! UpdateProgress load: N callers, each sending its next update as soon as the
 //! previous one is acknowledged. Either against a running service (`--addr`) or
-//! against one started here, on its own runtime, per backend.
+//! against one started here, on its own runtime, per backend. Beside latency
+//! it reports the CPU time each process spent per acknowledged update over the
+//! measured window (read from `/proc`): what the machine's cores allow at all.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -11,6 +14,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_client::HealthClient;
 
+use super::procfs;
 use super::report;
 use super::stats::Samples;
 
@@ -18,7 +22,14 @@ use super::stats::Samples;
 pub enum Backend {
     Sqlite,
     Postgres,
+    /// Postgres behind Redis (hot copy + write-behind queue): a private
+    /// `redis-server` without persistence and a fresh database.
+    Hybrid,
 }
+
+/// Thread names of this process's two runtimes: the callers' and the service's.
+const CLIENT_THREAD: &str = "bench-client";
+const SERVER_THREAD: &str = "bench-server";
 
 #[derive(Debug, clap::Args)]
 pub struct GrpcArgs {
@@ -27,12 +38,15 @@ pub struct GrpcArgs {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "sqlite,postgres"
+        default_value = "sqlite,postgres,hybrid"
     )]
     pub backend: Vec<Backend>,
     /// Measure an already running service instead of starting one.
     #[arg(long)]
     pub addr: Option<String>,
+    /// With --addr: the service's process ids, for its CPU time per call.
+    #[arg(long, value_delimiter = ',', requires = "addr")]
+    pub server_pid: Vec<u32>,
     /// Concurrent callers.
     #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
@@ -69,34 +83,167 @@ struct Row {
     errors: usize,
     elapsed: Duration,
     samples: Samples,
+    /// CPU over the measured window; `None` when `/proc` could not be read.
+    cpu: Option<CpuSplit>,
+}
+
+/// Whose CPU time a row accounts besides this process's callers.
+#[derive(Debug, Clone, Default)]
+struct Accounting {
+    /// The service runs in this process (its threads are the non-caller ones).
+    in_process: bool,
+    /// Or its processes (a service started elsewhere).
+    service_pids: Vec<u32>,
+    redis_pid: Option<u32>,
+    /// The Postgres backends of this database (their titles name it).
+    database: Option<String>,
+}
+
+/// CPU time over the measured window, per process.
+#[derive(Debug, Clone, Copy)]
+struct CpuSplit {
+    client: Duration,
+    service: Option<Duration>,
+    redis: Option<Duration>,
+    postgres: Option<Duration>,
+    /// The rest of the machine (a quiet one: near 0).
+    rest: Duration,
+}
+
+struct CpuSnapshot {
+    process: Duration,
+    client: Duration,
+    external_service: Duration,
+    redis: Option<Duration>,
+    postgres: HashMap<u32, Duration>,
+    machine: Duration,
+}
+
+impl CpuSnapshot {
+    fn take(accounting: &Accounting) -> anyhow::Result<Self> {
+        let main = std::process::id();
+        let client = procfs::own_threads()?
+            .into_iter()
+            .filter(|(tid, name, _)| {
+                !accounting.in_process || *tid == main || name == CLIENT_THREAD
+            })
+            .map(|(_, _, cpu)| cpu)
+            .sum();
+        let postgres = accounting
+            .database
+            .as_deref()
+            .map(|db| procfs::processes_matching(db).into_iter().collect())
+            .unwrap_or_default();
+        let mut external_service = Duration::ZERO;
+        for &pid in &accounting.service_pids {
+            external_service += procfs::cpu_time(Some(pid))?;
+        }
+        Ok(Self {
+            process: procfs::cpu_time(None)?,
+            client,
+            external_service,
+            redis: accounting
+                .redis_pid
+                .map(|pid| procfs::cpu_time(Some(pid)))
+                .transpose()?,
+            postgres,
+            machine: procfs::machine_busy()?,
+        })
+    }
+
+    fn since(&self, start: &Self, accounting: &Accounting) -> CpuSplit {
+        let process = self.process.saturating_sub(start.process);
+        let client = self.client.saturating_sub(start.client).min(process);
+        let external = self.external_service.saturating_sub(start.external_service);
+        let service = if accounting.in_process {
+            Some(process - client)
+        } else {
+            (!accounting.service_pids.is_empty()).then_some(external)
+        };
+        let redis = self
+            .redis
+            .zip(start.redis)
+            .map(|(b, a)| b.saturating_sub(a));
+        let postgres = accounting.database.as_ref().map(|_| {
+            self.postgres
+                .iter()
+                .map(|(pid, cpu)| {
+                    cpu.saturating_sub(start.postgres.get(pid).copied().unwrap_or_default())
+                })
+                .sum()
+        });
+        let accounted =
+            process + external + redis.unwrap_or_default() + postgres.unwrap_or_default();
+        CpuSplit {
+            client,
+            service,
+            redis,
+            postgres,
+            rest: self
+                .machine
+                .saturating_sub(start.machine)
+                .saturating_sub(accounted),
+        }
+    }
 }
 
 #[allow(clippy::print_stdout)]
 pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
     let client_rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name(CLIENT_THREAD)
         .enable_all()
         .build()?;
     let mut rows = Vec::new();
     if let Some(addr) = &args.addr {
-        rows.push(client_rt.block_on(measure(addr.clone(), addr.clone(), args, Op::Update))?);
+        rows.push(client_rt.block_on(measure(
+            addr.clone(),
+            addr.clone(),
+            args,
+            Op::Update,
+            Accounting {
+                service_pids: args.server_pid.clone(),
+                ..Accounting::default()
+            },
+        ))?);
     } else {
         for backend in &args.backend {
             let server_rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(args.server_threads)
+                .thread_name(SERVER_THREAD)
                 .enable_all()
                 .build()?;
             let dir = tempfile::tempdir()?;
+            let redis = match backend {
+                Backend::Hybrid => Some(server_rt.block_on(testkit::PrivateRedis::start_with(
+                    testkit::Persistence::None,
+                ))?),
+                Backend::Sqlite | Backend::Postgres => None,
+            };
             let database_url = match backend {
                 Backend::Sqlite => format!("sqlite://{}", dir.path().join("bench.db").display()),
-                Backend::Postgres => server_rt.block_on(testkit::fresh_database())?,
+                Backend::Postgres | Backend::Hybrid => {
+                    server_rt.block_on(testkit::fresh_database())?
+                }
             };
-            let config = progress_service::Config::try_parse_from([
-                "progress-service",
-                "--listen",
-                "127.0.0.1:0",
-                "--database-url",
-                &database_url,
-            ])?;
+            let mut service_args = vec![
+                "progress-service".to_owned(),
+                "--listen".to_owned(),
+                "127.0.0.1:0".to_owned(),
+                "--database-url".to_owned(),
+                database_url.clone(),
+            ];
+            if let Some(redis) = &redis {
+                service_args.extend(["--redis-url".to_owned(), redis.url()]);
+            }
+            let config = progress_service::Config::try_parse_from(service_args)?;
+            let accounting = Accounting {
+                in_process: true,
+                redis_pid: redis.as_ref().and_then(testkit::PrivateRedis::pid),
+                database: (*backend != Backend::Sqlite)
+                    .then(|| database_url.rsplit_once('/').map(|(_, db)| db.to_owned()))
+                    .flatten(),
+                ..Accounting::default()
+            };
             let app = server_rt.block_on(progress_service::Application::build(config))?;
             let addr = format!("http://{}", app.local_addr());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -105,30 +252,36 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
             }));
             let name = format!("{backend:?}").to_lowercase();
             if rows.is_empty() {
-                let reference = "reference: gRPC health check (no storage)".to_owned();
+                let reference_name = "reference: gRPC health check (no storage)".to_owned();
+                let reference = Accounting {
+                    in_process: true,
+                    ..Accounting::default()
+                };
                 rows.push(client_rt.block_on(measure(
-                    reference,
+                    reference_name,
                     addr.clone(),
                     args,
                     Op::Health,
+                    reference,
                 ))?);
             }
-            rows.push(client_rt.block_on(measure(name, addr, args, Op::Update))?);
+            rows.push(client_rt.block_on(measure(name, addr, args, Op::Update, accounting))?);
             let _ = stop.send(());
             server_rt.block_on(server)??;
+            // After the service: in hybrid mode it flushes to Postgres on the way out.
+            drop(redis);
         }
     }
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!(
         "\nUpdateProgress, {} concurrent callers, {:?} measured after {:?} warm-up, {} cores",
-        args.concurrency,
-        args.duration,
-        args.warmup,
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        args.concurrency, args.duration, args.warmup, cores
     );
     println!("| target | acked updates/s | p50 ms | p99 ms | max ms | errors |");
     println!("|---|---|---|---|---|---|");
     let mut csv_rows = Vec::new();
     let mut cdfs = Vec::new();
+    let mut cpu_lines = Vec::new();
     for mut row in rows {
         let rate = row.acked as f64 / row.elapsed.as_secs_f64();
         let (p50, p99, max) = (
@@ -148,7 +301,24 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
             format!("{max:.3}"),
             row.errors.to_string(),
         ]);
+        if let Some(cpu) = row.cpu {
+            cpu_lines.push(cpu_line(&row.target, row.acked, &cpu, cores));
+        }
         cdfs.push((row.target, row.samples.cdf_ms(400)));
+    }
+    if !cpu_lines.is_empty() {
+        println!(
+            "\nCPU time per acknowledged call over the measured window, µs (user + system from /proc; \
+             client: this process's caller threads; progress-service: the rest of this process, or --server-pid; \
+             postgres: the backends of the run's database; ceiling: {cores} cores / the sum)"
+        );
+        println!(
+            "| target | client | progress-service | redis-server | postgres | sum | rest of machine | ceiling calls/s |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        for line in cpu_lines {
+            println!("{line}");
+        }
     }
     if let Some(path) = &args.csv {
         let header = [
@@ -171,7 +341,36 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn measure(target: String, addr: String, args: &GrpcArgs, op: Op) -> anyhow::Result<Row> {
+/// One row of the CPU table.
+fn cpu_line(target: &str, acked: usize, cpu: &CpuSplit, cores: usize) -> String {
+    let per_call = |d: Duration| d.as_secs_f64() * 1e6 / acked.max(1) as f64;
+    let cell = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.1}", per_call(d)));
+    let sum = cpu.client
+        + cpu.service.unwrap_or_default()
+        + cpu.redis.unwrap_or_default()
+        + cpu.postgres.unwrap_or_default();
+    let ceiling = match per_call(sum) {
+        us if us > 0.0 => format!("{:.0}", cores as f64 * 1e6 / us),
+        _ => "-".to_owned(),
+    };
+    format!(
+        "| {target} | {} | {} | {} | {} | {} | {} | {ceiling} |",
+        cell(Some(cpu.client)),
+        cell(cpu.service),
+        cell(cpu.redis),
+        cell(cpu.postgres),
+        cell(Some(sum)),
+        cell(Some(cpu.rest)),
+    )
+}
+
+async fn measure(
+    target: String,
+    addr: String,
+    args: &GrpcArgs,
+    op: Op,
+    accounting: Accounting,
+) -> anyhow::Result<Row> {
     let mut channels = Vec::new();
     for _ in 0..args.connections.max(1) {
         channels.push(
@@ -197,6 +396,13 @@ async fn measure(target: String, addr: String, args: &GrpcArgs, op: Op) -> anyho
             ))
         })
         .collect();
+    let probe = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        let start = CpuSnapshot::take(&accounting)?;
+        tokio::time::sleep_until(end.into()).await;
+        let stop = CpuSnapshot::take(&accounting)?;
+        anyhow::Ok(stop.since(&start, &accounting))
+    });
     let bar = report::timed_bar(&target, args.warmup + args.duration);
     let mut samples = Samples::default();
     let mut errors = 0;
@@ -206,12 +412,20 @@ async fn measure(target: String, addr: String, args: &GrpcArgs, op: Op) -> anyho
         errors += e;
     }
     bar.finish_and_clear();
+    let cpu = match probe.await? {
+        Ok(cpu) => Some(cpu),
+        Err(e) => {
+            tracing::warn!(error = %e, "no CPU figures for this row");
+            None
+        }
+    };
     Ok(Row {
         target,
         acked: samples.len(),
         errors,
         elapsed: args.duration,
         samples,
+        cpu,
     })
 }
 

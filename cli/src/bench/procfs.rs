@@ -72,3 +72,52 @@ pub fn machine_busy() -> anyhow::Result<Duration> {
     };
     Ok(ticks(user + nice + system + irq + softirq + steal))
 }
+
+/// CPU time (user + system) one thread of this process has used so far, and
+/// its name (`comm`, at most 15 bytes).
+pub fn own_threads() -> anyhow::Result<Vec<(u32, String, Duration)>> {
+    let mut threads = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/task").context("reading /proc/self/task")? {
+        let entry = entry?;
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        // A thread that exits between the listing and the reads is skipped.
+        let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if let Some(cpu) = stat_cpu(&stat) {
+            threads.push((tid, comm.trim_end().to_owned(), cpu));
+        }
+    }
+    Ok(threads)
+}
+
+/// Processes whose command line contains `needle` (e.g. the Postgres backends
+/// of one database, whose title names it), with the CPU time each has used.
+pub fn processes_matching(needle: &str) -> Vec<(u32, Duration)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            if !String::from_utf8_lossy(&cmdline).contains(needle) {
+                return None;
+            }
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            Some((pid, stat_cpu(&stat)?))
+        })
+        .collect()
+}
+
+/// utime + stime of a `stat` line (process or thread).
+fn stat_cpu(stat: &str) -> Option<Duration> {
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok());
+    Some(ticks(field(11)? + field(12)?))
+}
