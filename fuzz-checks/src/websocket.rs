@@ -13,7 +13,7 @@
 use bytes::Bytes;
 use gateway::connection::frames::{Frame, FrameSource};
 use gateway::connection::websocket::MessageReader;
-use gateway::fanout::{Flushers, Framing, Outbound};
+use gateway::fanout::{Flushers, Framing, IntoWriter, Outbound};
 use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::{Frame as WsFrame, FrameHeader};
@@ -144,7 +144,7 @@ pub fn check(data: &[u8]) {
         1 << 20,
         Framing::WebSocket,
         CancellationToken::new(),
-        Box::pin(tokio::io::sink()),
+        tokio::io::sink().into_writer(),
         Flushers::new(1),
         tracing::Span::none(),
     );

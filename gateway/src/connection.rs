@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use governor::Quota;
 use serde_json::value::RawValue;
-use tokio::io::AsyncWrite;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,7 +29,9 @@ use tracing::Instrument;
 use crate::auth::{Authenticator, Identity};
 use crate::backend::Replicas;
 use crate::config::Config;
-use crate::fanout::{Conn, Fanout, Flushers, Framing, Limiter, Outbound, Outgoing, limiter, quota};
+use crate::fanout::{
+    Conn, Fanout, Flushers, Framing, IntoWriter, Limiter, Outbound, Outgoing, limiter, quota,
+};
 use crate::handlers::{self, Context, Reply, Session};
 use crate::protocol::{
     Device, ErrorCode, ErrorReply, ParseError, Request, ServerMessage, SystemCode, parse_line,
@@ -132,9 +133,9 @@ pub fn serve<R, W>(
 ) -> impl Future<Output = ()> + Send
 where
     R: ReadSource,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: IntoWriter,
 {
-    let out = open(&shared, id, stop, Box::pin(writer), Framing::Lines);
+    let out = open(&shared, id, stop, writer.into_writer(), Framing::Lines);
     let lines = LineReader::new(reader, shared.max_message_bytes);
     serve_frames(shared, lines, out, slot)
 }
@@ -152,9 +153,9 @@ pub fn serve_websocket<R, W>(
 ) -> impl Future<Output = ()> + Send
 where
     R: ReadSource,
-    W: AsyncWrite + Unpin + Send + 'static,
+    W: IntoWriter,
 {
-    let out = open(&shared, id, stop, Box::pin(writer), Framing::WebSocket);
+    let out = open(&shared, id, stop, writer.into_writer(), Framing::WebSocket);
     let messages = MessageReader::new(reader, leftover, shared.max_message_bytes, out.clone());
     serve_frames(shared, messages, out, slot)
 }
@@ -166,7 +167,7 @@ fn open(
     shared: &Shared,
     id: u64,
     stop: CancellationToken,
-    writer: crate::fanout::BoxWriter,
+    writer: crate::fanout::Writer,
     framing: Framing,
 ) -> Conn {
     // Kept in the outbound state and attached to the boxed parts of the
@@ -206,10 +207,9 @@ fn serve_frames<S: FrameSource>(
     slot: OwnedSemaphorePermit,
 ) -> impl Future<Output = ()> + Send {
     async move {
-        let mut opened =
-            Box::pin(authenticate(&shared, &mut lines, &out).instrument(out.span().clone()))
-                .await
-                .map(|auth| open_session(&shared, &out, auth));
+        let mut opened = Box::pin(authenticate(&shared, &mut lines, &out).instrument(out.span()))
+            .await
+            .map(|auth| open_session(&shared, &out, auth));
         // Used in place (by reference), so the session is stored once.
         if let Some((session, user_limiter)) = &mut opened {
             request_loop(&shared, &mut lines, session, user_limiter).await;
@@ -221,7 +221,7 @@ fn serve_frames<S: FrameSource>(
         }
         drop(opened);
         // Boxed: its timers must not size every idle connection's task.
-        Box::pin(out.finish().instrument(out.span().clone())).await;
+        Box::pin(out.finish().instrument(out.span())).await;
         metrics::gauge!("gateway_connections").decrement(1.0);
         drop(slot);
     }
@@ -408,7 +408,7 @@ fn request_loop<'a, S: FrameSource>(
                 }
             }
             let limits = [&conn_limiter, user_limiter];
-            let span = session.conn.span().clone();
+            let span = session.conn.span();
             match Box::pin(next_request(shared, lines, session, limits).instrument(span)).await {
                 Step::Next => {}
                 Step::Stop => break,

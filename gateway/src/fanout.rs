@@ -16,7 +16,7 @@ use bytes::Bytes;
 use mangahub_proto::v1 as pb;
 
 pub use outbound::flusher::Flushers;
-pub use outbound::{BoxWriter, CloseCode, Conn, Framing, Outbound, Outgoing};
+pub use outbound::{CloseCode, Conn, Framing, IntoWriter, Outbound, Outgoing, Writer};
 pub use registry::{Limiter, limiter, quota};
 
 use crate::auth::Identity;

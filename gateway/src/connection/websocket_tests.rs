@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use tungstenite::protocol::frame::Frame as WsFrame;
 
 use super::*;
-use crate::fanout::{Flushers, Framing, Outbound};
+use crate::fanout::{Flushers, Framing, IntoWriter, Outbound};
 
 const MAX: usize = 64;
 
@@ -37,7 +37,7 @@ fn reader(
         1 << 16,
         Framing::WebSocket,
         CancellationToken::new(),
-        Box::pin(write),
+        write.into_writer(),
         Flushers::new(1),
         tracing::Span::none(),
     );

@@ -23,7 +23,7 @@ pub mod flusher;
 pub mod framing;
 
 use std::collections::VecDeque;
-use std::io::IoSlice;
+use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -31,7 +31,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -45,7 +45,75 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Slices handed to one vectored write.
 const MAX_SLICES: usize = 64;
 
-pub type BoxWriter = Pin<Box<dyn AsyncWrite + Send>>;
+/// A connection's write half: a plain TCP one inline, any other boxed.
+pub enum Writer {
+    /// Inline: boxing it would be one more allocation per connection.
+    Tcp(tokio::net::tcp::OwnedWriteHalf),
+    Boxed(Pin<Box<dyn AsyncWrite + Send>>),
+}
+
+/// A write half the gateway serves: TCP's is kept inline, the others
+/// (TLS, in-memory streams in tests) boxed.
+pub trait IntoWriter: AsyncWrite + Send + 'static + Sized {
+    fn into_writer(self) -> Writer {
+        Writer::Boxed(Box::pin(self))
+    }
+}
+
+impl IntoWriter for tokio::net::tcp::OwnedWriteHalf {
+    fn into_writer(self) -> Writer {
+        Writer::Tcp(self)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Send + 'static> IntoWriter for tokio::io::WriteHalf<T> {}
+impl IntoWriter for tokio::io::DuplexStream {}
+impl IntoWriter for tokio::io::Sink {}
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            Writer::Boxed(w) => w.as_mut().poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_write_vectored(cx, bufs),
+            Writer::Boxed(w) => w.as_mut().poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Writer::Tcp(w) => w.is_write_vectored(),
+            Writer::Boxed(w) => w.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Writer::Boxed(w) => w.as_mut().poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Writer::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Writer::Boxed(w) => w.as_mut().poll_shutdown(cx),
+        }
+    }
+}
 
 /// A connection as the rest of the gateway holds it: its outbound queue.
 pub type Conn = Arc<Outbound>;
@@ -65,7 +133,7 @@ struct State {
     bytes: usize,
     mode: Mode,
     /// The write half; `None` while someone is writing with it.
-    writer: Option<BoxWriter>,
+    writer: Option<Writer>,
     /// Waiting in a flusher's list.
     scheduled: bool,
     /// `finish` waits for the write half (see `Outbound::hand_back`).
@@ -101,8 +169,9 @@ pub struct Outbound {
     /// The connection's tracing span. Kept here rather than around the
     /// connection's future: the idle wait logs nothing, so only the boxed
     /// parts that do are instrumented with it, and every idle task is 40
-    /// bytes smaller.
-    span: tracing::Span,
+    /// bytes smaller. Boxed, and only when enabled (at debug level): a
+    /// disabled span would still take 40 bytes here.
+    span: Option<Box<tracing::Span>>,
 }
 
 pin_project_lite::pin_project! {
@@ -159,7 +228,7 @@ impl Outbound {
         capacity: u32,
         framing: Framing,
         server_stop: CancellationToken,
-        writer: BoxWriter,
+        writer: Writer,
         flushers: Arc<Flushers>,
         span: tracing::Span,
     ) -> Arc<Self> {
@@ -182,7 +251,7 @@ impl Outbound {
             flushers,
             last_event: AtomicU64::new(0),
             last_seen: AtomicU64::new(clock_ms()),
-            span,
+            span: (!span.is_disabled()).then(|| Box::new(span)),
         })
     }
 
@@ -190,9 +259,11 @@ impl Outbound {
         self.id
     }
 
-    /// The connection's tracing span.
-    pub fn span(&self) -> &tracing::Span {
-        &self.span
+    /// The connection's tracing span (a disabled one when its level is off).
+    pub fn span(&self) -> tracing::Span {
+        self.span
+            .as_deref()
+            .map_or_else(tracing::Span::none, tracing::Span::clone)
     }
 
     /// True once the server shuts down, whether or not this connection
@@ -376,7 +447,7 @@ impl Outbound {
     /// After `written` went out: the next batch to write with the same write
     /// half, or `None` when there is nothing more (or the connection is no
     /// longer open) and the write half has been handed back.
-    fn after_write(&self, writer: BoxWriter, written: &Batch) -> Option<(BoxWriter, Batch)> {
+    fn after_write(&self, writer: Writer, written: &Batch) -> Option<(Writer, Batch)> {
         let mut state = self.lock();
         state.bytes = state.bytes.saturating_sub(written.total);
         if state.mode != Mode::Open || state.queue.is_empty() {
@@ -388,7 +459,7 @@ impl Outbound {
     }
 
     /// Puts the write half back; wakes `take_writer` if it waits.
-    fn hand_back(&self, mut state: MutexGuard<'_, State>, writer: BoxWriter) {
+    fn hand_back(&self, mut state: MutexGuard<'_, State>, writer: Writer) {
         state.writer = Some(writer);
         let wanted = std::mem::take(&mut state.writer_wanted);
         drop(state);
@@ -398,7 +469,7 @@ impl Outbound {
     }
 
     /// Takes the write half once whoever holds it hands it back.
-    async fn take_writer(&self) -> BoxWriter {
+    async fn take_writer(&self) -> Writer {
         loop {
             let signalled = self.signal.notified();
             tokio::pin!(signalled);
@@ -444,18 +515,18 @@ impl Outbound {
 }
 
 /// Writes `batch` without waiting: stops at the first write the socket would block on.
-fn write_now(writer: &mut BoxWriter, batch: &mut Batch) -> Progress {
+fn write_now(writer: &mut Writer, batch: &mut Batch) -> Progress {
     let mut cx = Context::from_waker(Waker::noop());
     while batch.has_remaining() {
         let mut slices = [IoSlice::new(&[]); MAX_SLICES];
         let n = batch.chunks_vectored(&mut slices);
-        match writer.as_mut().poll_write_vectored(&mut cx, &slices[..n]) {
+        match Pin::new(&mut *writer).poll_write_vectored(&mut cx, &slices[..n]) {
             Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Progress::Failed,
             Poll::Ready(Ok(written)) => batch.advance(written),
             Poll::Pending => return Progress::Blocked,
         }
     }
-    match writer.as_mut().poll_flush(&mut cx) {
+    match Pin::new(&mut *writer).poll_flush(&mut cx) {
         Poll::Ready(Ok(())) => Progress::Done,
         Poll::Ready(Err(_)) => Progress::Failed,
         Poll::Pending => Progress::Blocked,
@@ -465,7 +536,7 @@ fn write_now(writer: &mut BoxWriter, batch: &mut Batch) -> Progress {
 /// Waits for a full socket: writes `batch` and whatever gets queued
 /// meanwhile, then hands the write half back. Stops early when the
 /// connection stops; `finish` then writes what is left.
-async fn drain(out: Arc<Outbound>, mut writer: BoxWriter, mut batch: Batch) {
+async fn drain(out: Arc<Outbound>, mut writer: Writer, mut batch: Batch) {
     loop {
         let written = tokio::select! {
             biased;
@@ -572,7 +643,7 @@ mod tests {
             capacity,
             Framing::Lines,
             CancellationToken::new(),
-            Box::pin(server),
+            server.into_writer(),
             Flushers::per_core(),
             tracing::Span::none(),
         );
