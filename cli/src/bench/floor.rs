@@ -28,7 +28,7 @@ use mangahub_model::Chapter;
 
 use super::deliveries::Arrivals;
 use super::fanout::{SUBSCRIBER_READ_BUFFER, Subscribers};
-use super::processes::{Process, loopback};
+use super::processes::{Process, loopback, wait_until};
 use super::procfs;
 use super::publish::Sink;
 use crate::client::conn::{Conn, REPLY_TIMEOUT};
@@ -194,15 +194,16 @@ impl FloorServer {
         .collect();
         let log: PathBuf = dir.path().join("floor.log");
         let mut process = Process::spawn(format!("floor ({writers})"), &exe, &args, log)?;
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
         // A connection that closes without a role is dropped by the server.
-        while tokio::net::TcpStream::connect(addr).await.is_err() {
-            process.check_running()?;
-            if Instant::now() > deadline {
-                bail!("the floor server did not accept connections in time");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let accepting = || async move { tokio::net::TcpStream::connect(addr).await.is_ok() };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        wait_until(
+            &mut process,
+            deadline,
+            "did not accept connections",
+            accepting,
+        )
+        .await?;
         Ok(Self {
             process,
             addr,

@@ -220,13 +220,31 @@ pub async fn wait_ready(
     admin: SocketAddr,
     deadline: Instant,
 ) -> anyhow::Result<()> {
+    wait_until(process, deadline, "was not ready", || async move {
+        matches!(testkit::http_get(admin, "/readyz").await, Ok((200, _)))
+    })
+    .await
+}
+
+/// Probes every 20 ms until `ready` says so, failing early if `process`
+/// exits, or at `deadline` with "<its name> <failure> in time".
+pub async fn wait_until<F, Fut>(
+    process: &mut Process,
+    deadline: Instant,
+    failure: &str,
+    mut ready: F,
+) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
     loop {
         process.check_running()?;
-        if matches!(testkit::http_get(admin, "/readyz").await, Ok((200, _))) {
+        if ready().await {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{} was not ready in time", process.name());
+            bail!("{} {failure} in time", process.name());
         }
         tokio::time::sleep(READY_POLL).await;
     }

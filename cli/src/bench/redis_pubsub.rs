@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use super::deliveries::{Arrivals, Counts};
-use super::processes::{Process, loopback, on_path};
+use super::processes::{Process, loopback, on_path, wait_until};
 use super::publish::Sink;
 use crate::client::conn::REPLY_TIMEOUT;
 
@@ -79,22 +79,20 @@ impl RedisServer {
             Process::spawn("redis-server".into(), &on_path("redis-server")?, &args, log)?;
         let url = format!("redis://{addr}/");
         let client = redis::Client::open(url.as_str())?;
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            process.check_running()?;
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING")
+        let answers = || {
+            let client = client.clone();
+            async move {
+                let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+                    return false;
+                };
+                redis::cmd("PING")
                     .query_async::<String>(&mut conn)
                     .await
                     .is_ok()
-            {
-                break;
             }
-            if Instant::now() > deadline {
-                bail!("redis-server did not answer PING in time");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        };
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        wait_until(&mut process, deadline, "did not answer PING", answers).await?;
         Ok(Self {
             process,
             addr,
