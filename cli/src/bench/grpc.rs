@@ -3,6 +3,9 @@
 //! against one started here, on its own runtime, per backend. Beside latency
 //! it reports the CPU time each process spent per acknowledged update over the
 //! measured window (read from `/proc`): what the machine's cores allow at all.
+//! With `--store-only`, each backend also gets a row whose callers call the
+//! store directly, in the same process, with the same updates: the store's
+//! own cost per update, without gRPC, so the two rows split a call's cost.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -66,15 +69,21 @@ pub struct GrpcArgs {
     /// Also draw the latency CDF of every row as SVG here.
     #[arg(long)]
     pub chart: Option<std::path::PathBuf>,
+    /// Also measure each backend's store without gRPC: the callers call its
+    /// update directly (same process, same updates, fresh records).
+    #[arg(long, conflicts_with = "addr")]
+    pub store_only: bool,
 }
 
 /// What each caller sends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Clone)]
 enum Op {
     Update,
     /// `grpc.health.v1.Health/Check`: the same gRPC path with no storage behind
     /// it, the ceiling every update figure is compared with.
     Health,
+    /// The same updates, straight to the store: no gRPC at all.
+    Store(progress_service::store::DynStore),
 }
 
 struct Row {
@@ -245,6 +254,7 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
                 ..Accounting::default()
             };
             let app = server_rt.block_on(progress_service::Application::build(config))?;
+            let store = app.store();
             let addr = format!("http://{}", app.local_addr());
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let server = server_rt.spawn(app.run_until(async {
@@ -263,6 +273,15 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
                     args,
                     Op::Health,
                     reference,
+                ))?);
+            }
+            if args.store_only {
+                rows.push(client_rt.block_on(measure(
+                    format!("{name}, store only (no gRPC)"),
+                    addr.clone(),
+                    args,
+                    Op::Store(store.clone()),
+                    accounting.clone(),
                 ))?);
             }
             rows.push(client_rt.block_on(measure(name, addr, args, Op::Update, accounting))?);
@@ -389,7 +408,7 @@ async fn measure(
             let channel = channels[i % channels.len()].clone();
             tokio::spawn(caller(
                 channel,
-                op,
+                op.clone(),
                 format!("bench-{run_id}-{i}"),
                 measure_from,
                 end,
@@ -429,6 +448,24 @@ async fn measure(
     })
 }
 
+/// The store's command for `req`, as the service builds it.
+fn store_update(
+    req: &pb::UpdateProgressRequest,
+) -> Option<(
+    progress_service::domain::UpdateCommand,
+    progress_service::store::WriteMeta,
+)> {
+    let cmd = progress_service::domain::UpdateCommand {
+        key: progress_service::domain::ProgressKey::new(req.user_id.clone(), req.manga_id).ok()?,
+        chapter: req.chapter.parse().ok()?,
+        page: 0,
+        status: None,
+        force: false,
+        device: None,
+    };
+    Some((cmd, progress_service::store::WriteMeta::default()))
+}
+
 /// One caller: its own user, 100 mangas, chapters that always move forward.
 async fn caller(
     channel: Channel,
@@ -454,8 +491,12 @@ async fn caller(
             ..Default::default()
         };
         k += 1;
-        let ok = match op {
+        let ok = match &op {
             Op::Update => client.update_progress(req).await.is_ok(),
+            Op::Store(store) => match store_update(&req) {
+                Some((cmd, meta)) => store.update(cmd, meta).await.is_ok(),
+                None => false,
+            },
             Op::Health => health
                 .check(HealthCheckRequest {
                     service: String::new(),
@@ -472,4 +513,47 @@ async fn caller(
         }
     }
     (samples, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_store_only_caller_writes_through_the_store_without_grpc() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("bench.db").display());
+        let config = progress_service::Config::try_parse_from([
+            "progress-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            &url,
+        ])
+        .expect("config");
+        let app = progress_service::Application::build(config)
+            .await
+            .expect("service");
+        let store = app.store();
+        // Never connected: a store-only caller must not need the gRPC port.
+        let channel = Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+        let start = Instant::now();
+        let (samples, errors) = caller(
+            channel,
+            Op::Store(store.clone()),
+            "store-only".to_owned(),
+            start,
+            start + Duration::from_millis(300),
+        )
+        .await;
+        assert_eq!(errors, 0);
+        assert!(samples.len() > 0, "no update was acknowledged");
+        let key = progress_service::domain::ProgressKey::new("store-only", 1).expect("key");
+        let stored = store.get(&key).await.expect("read").expect("record written");
+        // Update k moves manga k % 100 + 1 to chapter k / 100 + 1: manga 1
+        // holds the chapter of the last one that reached it.
+        let last = i64::try_from(samples.len() - 1).expect("count");
+        assert_eq!(stored.chapter.hundredths(), (last / 100 + 1) * 100);
+        store.close().await;
+    }
 }
