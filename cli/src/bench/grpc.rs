@@ -549,7 +549,11 @@ mod tests {
         assert_eq!(errors, 0);
         assert!(samples.len() > 0, "no update was acknowledged");
         let key = progress_service::domain::ProgressKey::new("store-only", 1).expect("key");
-        let stored = store.get(&key).await.expect("read").expect("record written");
+        let stored = store
+            .get(&key)
+            .await
+            .expect("read")
+            .expect("record written");
         // Update k moves manga k % 100 + 1 to chapter k / 100 + 1: manga 1
         // holds the chapter of the last one that reached it.
         let last = i64::try_from(samples.len() - 1).expect("count");
