@@ -448,24 +448,6 @@ async fn measure(
     })
 }
 
-/// The store's command for `req`, as the service builds it.
-fn store_update(
-    req: &pb::UpdateProgressRequest,
-) -> Option<(
-    progress_service::domain::UpdateCommand,
-    progress_service::store::WriteMeta,
-)> {
-    let cmd = progress_service::domain::UpdateCommand {
-        key: progress_service::domain::ProgressKey::new(req.user_id.clone(), req.manga_id).ok()?,
-        chapter: req.chapter.parse().ok()?,
-        page: 0,
-        status: None,
-        force: false,
-        device: None,
-    };
-    Some((cmd, progress_service::store::WriteMeta::default()))
-}
-
 /// One caller: its own user, 100 mangas, chapters that always move forward.
 async fn caller(
     channel: Channel,
@@ -493,9 +475,16 @@ async fn caller(
         k += 1;
         let ok = match &op {
             Op::Update => client.update_progress(req).await.is_ok(),
-            Op::Store(store) => match store_update(&req) {
-                Some((cmd, meta)) => store.update(cmd, meta).await.is_ok(),
-                None => false,
+            // The service's own conversion, then its store: no gRPC.
+            Op::Store(store) => match progress_service::grpc::update_command(&req) {
+                Ok(cmd) => {
+                    let meta = progress_service::store::WriteMeta {
+                        origin: req.origin.clone(),
+                        private: req.private,
+                    };
+                    store.update(cmd, meta).await.is_ok()
+                }
+                Err(_) => false,
             },
             Op::Health => health
                 .check(HealthCheckRequest {

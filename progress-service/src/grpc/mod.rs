@@ -6,4 +6,5 @@ mod service;
 mod status;
 
 pub use auth::ServiceTokenCheck;
+pub use convert::update_command;
 pub use service::ProgressApi;
