@@ -26,6 +26,16 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        match err.sqlite_error_code() {
+            Some(DatabaseBusy | DatabaseLocked) => StoreError::Unavailable(err.to_string()),
+            _ => StoreError::Internal(err.to_string()),
+        }
+    }
+}
+
 /// Postgres classes 08 (connection), 53 (resources), 57 (operator intervention:
 /// shutdown, cannot connect now); SQLite BUSY (5) and LOCKED (6).
 fn is_unavailable_sqlstate(code: Option<&str>) -> bool {

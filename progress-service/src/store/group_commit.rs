@@ -13,7 +13,6 @@ use std::sync::{Arc, RwLock};
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
 use crate::domain::{self, Progress, ProgressKey, UpdateCommand, UpdateOutcome};
 use crate::events::{Change, ChangeEvent, EventBus, WriteMeta};
@@ -88,6 +87,12 @@ pub(crate) type Loaded = HashMap<ProgressKey, Progress>;
 /// The engine-specific half: one transaction that loads rows and writes a plan.
 #[async_trait]
 pub(crate) trait SqlBatch: Send + Sync + 'static {
+    /// Whether `load_and_write` runs its SQL on the calling thread (a
+    /// synchronous driver). The writers then get a thread of their own.
+    fn blocks(&self) -> bool {
+        false
+    }
+
     async fn load_and_write(
         &self,
         keys: &[ProgressKey],
@@ -125,7 +130,8 @@ enum Outcome {
 
 pub(crate) struct GroupCommit {
     shards: RwLock<Option<Vec<mpsc::Sender<Op>>>>,
-    tasks: tokio::sync::Mutex<Vec<JoinHandle<()>>>,
+    /// Fires once every writer has committed what was queued to it.
+    done: tokio::sync::Mutex<Option<oneshot::Receiver<()>>>,
 }
 
 impl GroupCommit {
@@ -136,8 +142,9 @@ impl GroupCommit {
         events: Option<EventBus>,
         config: GroupCommitConfig,
     ) -> Self {
+        let blocks = sql.blocks();
         let mut senders = Vec::new();
-        let mut tasks = Vec::new();
+        let mut writers = Vec::new();
         for _ in 0..config.shards.max(1) {
             let (tx, rx) = mpsc::channel(QUEUE_PER_SHARD);
             senders.push(tx);
@@ -146,11 +153,38 @@ impl GroupCommit {
                 events: events.clone(),
                 max_batch: config.max_batch.max(1),
             };
-            tasks.push(tokio::spawn(writer.run(rx)));
+            writers.push(writer.run(rx));
+        }
+        let all_done = async move {
+            let tasks: Vec<_> = writers.into_iter().map(tokio::spawn).collect();
+            for task in tasks {
+                let _ = task.await;
+            }
+        };
+        let (finished, done) = oneshot::channel();
+        if blocks {
+            // A runtime of its own on its own thread: the blocking SQL stalls
+            // nothing else, and the batch loop never waits behind other tasks.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("group-commit runtime");
+            std::thread::Builder::new()
+                .name("group-commit".into())
+                .spawn(move || {
+                    runtime.block_on(all_done);
+                    let _ = finished.send(());
+                })
+                .expect("group-commit thread");
+        } else {
+            tokio::spawn(async move {
+                all_done.await;
+                let _ = finished.send(());
+            });
         }
         Self {
             shards: RwLock::new(Some(senders)),
-            tasks: tokio::sync::Mutex::new(tasks),
+            done: tokio::sync::Mutex::new(Some(done)),
         }
     }
 
@@ -226,8 +260,8 @@ impl GroupCommit {
         if let Ok(mut guard) = self.shards.write() {
             guard.take();
         }
-        for task in self.tasks.lock().await.drain(..) {
-            let _ = task.await;
+        if let Some(done) = self.done.lock().await.take() {
+            let _ = done.await;
         }
     }
 }

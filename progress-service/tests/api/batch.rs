@@ -9,6 +9,7 @@ use crate::helpers::{Backend, both_backends, spawn_app, update_req};
 
 both_backends!(
     a_batch_applies_in_order_and_answers_each_update,
+    a_full_batch_of_distinct_records_is_written_whole,
     an_oversized_batch_is_refused_whole
 );
 
@@ -59,6 +60,56 @@ async fn a_batch_applies_in_order_and_answers_each_update(backend: Backend) {
 
     let stored = app.get("pipeliner", 9).await.expect("stored");
     assert_eq!((stored.chapter.as_str(), stored.version), ("100", 100));
+}
+
+/// 1000 records in one call: more rows than one SQL statement takes
+/// (SQLite writes them in several statements of one transaction).
+async fn a_full_batch_of_distinct_records_is_written_whole(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let updates = (1..=1000)
+        .map(|manga| update_req("shelf", manga, &(manga % 97 + 1).to_string()))
+        .collect();
+    let results = app
+        .client
+        .clone()
+        .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
+        .await
+        .expect("batch served")
+        .into_inner()
+        .results;
+    assert_eq!(results.len(), 1000);
+    let mut cursors = std::collections::HashSet::new();
+    for (n, result) in results.into_iter().enumerate() {
+        match result.result.expect("a result") {
+            Item::Ok(response) => {
+                assert!(response.applied, "update {n}");
+                assert!(
+                    cursors.insert(response.cursor),
+                    "update {n}: a cursor of its own"
+                );
+            }
+            Item::Error(err) => panic!("update {n} failed: {err:?}"),
+        }
+    }
+    let listed = app
+        .list(pb::ListProgressRequest {
+            user_id: "shelf".into(),
+            page_size: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("listed")
+        .items;
+    assert_eq!(listed.len(), 1000, "every record stored");
+    for p in listed {
+        assert_eq!(
+            p.chapter,
+            (p.manga_id % 97 + 1).to_string(),
+            "manga {}",
+            p.manga_id
+        );
+        assert_eq!(p.version, 1, "manga {}", p.manga_id);
+    }
 }
 
 async fn an_oversized_batch_is_refused_whole(backend: Backend) {
