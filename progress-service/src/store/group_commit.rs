@@ -141,7 +141,7 @@ impl GroupCommit {
         sql: Arc<dyn SqlBatch>,
         events: Option<EventBus>,
         config: GroupCommitConfig,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let blocks = sql.blocks();
         let mut senders = Vec::new();
         let mut writers = Vec::new();
@@ -167,25 +167,23 @@ impl GroupCommit {
             // nothing else, and the batch loop never waits behind other tasks.
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
-                .build()
-                .expect("group-commit runtime");
+                .build()?;
             std::thread::Builder::new()
                 .name("group-commit".into())
                 .spawn(move || {
                     runtime.block_on(all_done);
                     let _ = finished.send(());
-                })
-                .expect("group-commit thread");
+                })?;
         } else {
             tokio::spawn(async move {
                 all_done.await;
                 let _ = finished.send(());
             });
         }
-        Self {
+        Ok(Self {
             shards: RwLock::new(Some(senders)),
             done: tokio::sync::Mutex::new(Some(done)),
-        }
+        })
     }
 
     pub async fn update(

@@ -80,8 +80,9 @@ pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<Post
         }
         .run(head),
     );
+    let writer = GroupCommit::start(batch, None, config.group_commit)?;
     Ok(PostgresStore {
-        writer: GroupCommit::start(batch, None, config.group_commit),
+        writer,
         pool,
         epoch,
         stop,

@@ -46,3 +46,31 @@ async fn a_second_service_on_the_same_sqlite_file_is_refused() {
         "{err:#}"
     );
 }
+
+/// A file the service creates has 2 KiB pages and WAL; a record written
+/// through the writer's own connection is on disk after a restart.
+#[tokio::test]
+async fn a_new_sqlite_file_has_small_pages_and_a_wal() {
+    use sqlx::Connection;
+    let mut app = spawn_app(Backend::Sqlite).await;
+    app.update("pages", 1, "3").await;
+    app.stop().await.expect("clean exit");
+    let mut conn = sqlx::SqliteConnection::connect(&app.database_url)
+        .await
+        .expect("open the file");
+    let (page_size,): (i64,) = sqlx::query_as("PRAGMA page_size")
+        .fetch_one(&mut conn)
+        .await
+        .expect("page size");
+    let (mode,): (String,) = sqlx::query_as("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .expect("journal mode");
+    let (chapter,): (i64,) = sqlx::query_as(
+        "SELECT chapter_hundredths FROM user_progress WHERE user_id = 'pages' AND manga_id = 1",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("the record");
+    assert_eq!((page_size, mode.as_str(), chapter), (2048, "wal", 300));
+}
