@@ -5,7 +5,7 @@ use mangahub_proto::v1 as pb;
 use pb::update_progress_result::Result as Item;
 use tonic::Code;
 
-use crate::helpers::{Backend, TestApp, both_backends, spawn_app, update_req};
+use crate::helpers::{Backend, both_backends, spawn_app, update_req};
 
 both_backends!(
     a_batch_applies_in_order_and_answers_each_update,
@@ -23,7 +23,7 @@ async fn a_batch_applies_in_order_and_answers_each_update(backend: Backend) {
     updates.push(update_req("pipeliner", 9, "3"));
     updates.push(update_req("pipeliner", 10, "1"));
 
-    let results = send_batch(&app, updates).await;
+    let results = app.send_batch(updates).await;
     assert_eq!(results.len(), 103, "one result per update");
     let item = |n: usize| results[n].result.clone().expect("a result");
     let ok = |n: usize| match item(n) {
@@ -62,7 +62,7 @@ async fn a_full_batch_of_distinct_records_is_written_whole(backend: Backend) {
     let updates = (1..=1000)
         .map(|manga| update_req("shelf", manga, &(manga % 97 + 1).to_string()))
         .collect();
-    let results = send_batch(&app, updates).await;
+    let results = app.send_batch(updates).await;
     assert_eq!(results.len(), 1000);
     let mut cursors = std::collections::HashSet::new();
     for (n, result) in results.into_iter().enumerate() {
@@ -113,18 +113,4 @@ async fn an_oversized_batch_is_refused_whole(backend: Backend) {
     assert!(err.message().contains("at most 1000"), "{}", err.message());
     let missing = app.get("greedy", 1).await.expect_err("nothing was applied");
     assert_eq!(missing.code(), Code::NotFound);
-}
-
-/// One `UpdateProgressBatch` call that must be served: its results.
-async fn send_batch(
-    app: &TestApp,
-    updates: Vec<pb::UpdateProgressRequest>,
-) -> Vec<pb::UpdateProgressResult> {
-    app.client
-        .clone()
-        .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
-        .await
-        .expect("batch served")
-        .into_inner()
-        .results
 }

@@ -739,15 +739,10 @@ async fn postgres_replicas_deliver_every_change_of_a_record_changed_many_times()
     const PER_BATCH: i64 = 50;
     let mut acked = Acked::default();
     let batch = |updates: Vec<pb::UpdateProgressRequest>| {
-        let client = two.client.clone();
+        let two = &two;
         async move {
-            client
-                .clone()
-                .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
+            two.send_batch(updates)
                 .await
-                .expect("batch served")
-                .into_inner()
-                .results
                 .into_iter()
                 .map(|r| match r.result.expect("a result") {
                     pb::update_progress_result::Result::Ok(ack) => Seen::of_update(&ack),

@@ -231,6 +231,20 @@ impl TestApp {
             .map(|r| r.into_inner())
     }
 
+    /// One `UpdateProgressBatch` call that must be served: its results.
+    pub async fn send_batch(
+        &self,
+        updates: Vec<pb::UpdateProgressRequest>,
+    ) -> Vec<pb::UpdateProgressResult> {
+        self.client
+            .clone()
+            .update_progress_batch(pb::UpdateProgressBatchRequest { updates })
+            .await
+            .expect("batch served")
+            .into_inner()
+            .results
+    }
+
     pub async fn get(&self, user: &str, manga: i64) -> Result<pb::Progress, tonic::Status> {
         self.client
             .clone()
