@@ -74,3 +74,25 @@ async fn a_new_sqlite_file_has_small_pages_and_a_wal() {
     .expect("the record");
     assert_eq!((page_size, mode.as_str(), chapter), (2048, "wal", 300));
 }
+
+#[tokio::test]
+async fn an_in_memory_sqlite_database_is_refused_with_a_clear_error() {
+    use clap::Parser;
+    for url in ["sqlite::memory:", "sqlite://file.db?mode=memory"] {
+        let config = progress_service::Config::try_parse_from([
+            "progress-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--database-url",
+            url,
+        ])
+        .expect("config");
+        let Err(err) = progress_service::Application::build(config).await else {
+            panic!("{url} was accepted");
+        };
+        assert!(
+            format!("{err:#}").contains("an in-memory SQLite database cannot be used"),
+            "{url}: {err:#}"
+        );
+    }
+}

@@ -46,6 +46,14 @@ pub struct SqliteStore {
 const PAGE_SIZE: u32 = 2048;
 
 pub async fn open(config: &StoreConfig, events: EventBus) -> anyhow::Result<SqliteStore> {
+    // The writer's connection and the read pool would each open a database
+    // of their own.
+    if config.database_url.contains(":memory:") || config.database_url.contains("mode=memory") {
+        anyhow::bail!(
+            "an in-memory SQLite database cannot be used: the service's writer and readers \
+             need one file (e.g. sqlite://progress.db)"
+        );
+    }
     let options = SqliteConnectOptions::from_str(&config.database_url)?
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
