@@ -28,23 +28,26 @@ async fn acknowledged_records_survive_a_restart(backend: Backend) {
 
 #[tokio::test]
 async fn a_second_service_on_the_same_sqlite_file_is_refused() {
-    use clap::Parser;
     let app = spawn_app(Backend::Sqlite).await;
+    let err = refused_start(&app.database_url).await;
+    assert!(err.contains("in use by another progress service"), "{err}");
+}
+
+/// Why a service on `database_url` refuses to start (it must refuse).
+async fn refused_start(database_url: &str) -> String {
+    use clap::Parser;
     let config = progress_service::Config::try_parse_from([
         "progress-service",
         "--listen",
         "127.0.0.1:0",
         "--database-url",
-        &app.database_url,
+        database_url,
     ])
     .expect("config");
-    let Err(err) = progress_service::Application::build(config).await else {
-        panic!("a second writer was allowed on the same file");
-    };
-    assert!(
-        format!("{err:#}").contains("in use by another progress service"),
-        "{err:#}"
-    );
+    match progress_service::Application::build(config).await {
+        Ok(_) => panic!("a service on {database_url} started"),
+        Err(err) => format!("{err:#}"),
+    }
 }
 
 /// A file the service creates has 2 KiB pages and WAL; a record written
@@ -77,22 +80,11 @@ async fn a_new_sqlite_file_has_small_pages_and_a_wal() {
 
 #[tokio::test]
 async fn an_in_memory_sqlite_database_is_refused_with_a_clear_error() {
-    use clap::Parser;
     for url in ["sqlite::memory:", "sqlite://file.db?mode=memory"] {
-        let config = progress_service::Config::try_parse_from([
-            "progress-service",
-            "--listen",
-            "127.0.0.1:0",
-            "--database-url",
-            url,
-        ])
-        .expect("config");
-        let Err(err) = progress_service::Application::build(config).await else {
-            panic!("{url} was accepted");
-        };
+        let err = refused_start(url).await;
         assert!(
-            format!("{err:#}").contains("an in-memory SQLite database cannot be used"),
-            "{url}: {err:#}"
+            err.contains("an in-memory SQLite database cannot be used"),
+            "{url}: {err}"
         );
     }
 }
