@@ -11,7 +11,7 @@ mod redis;
 
 pub use http::http_get;
 pub use lines::{LineClient, Transport, WAIT};
-pub use postgres::{PrivatePostgres, fresh_database};
+pub use postgres::{PrivatePostgres, drop_database, fresh_database};
 pub use redis::{Persistence, PrivateRedis};
 
 use std::future::Future;

@@ -18,14 +18,7 @@ static FALLBACK: OnceCell<PrivatePostgres> = OnceCell::const_new();
 
 /// Creates an empty database and returns its URL. Migrations are the app's job.
 pub async fn fresh_database() -> anyhow::Result<String> {
-    let admin = match std::env::var("TEST_DATABASE_URL") {
-        Ok(url) => url,
-        Err(_) if reachable(DEFAULT_ADMIN_URL).await => DEFAULT_ADMIN_URL.to_owned(),
-        Err(_) => FALLBACK
-            .get_or_try_init(PrivatePostgres::start)
-            .await?
-            .url("postgres"),
-    };
+    let admin = admin_url().await?;
     let name = unique_name("mangahub_test");
     let mut conn = PgConnection::connect(&admin)
         .await
@@ -37,6 +30,42 @@ pub async fn fresh_database() -> anyhow::Result<String> {
         .rsplit_once('/')
         .map_or(admin.as_str(), |(base, _)| base);
     Ok(format!("{base}/{name}"))
+}
+
+/// Drops a database `fresh_database` made, cutting its remaining sessions: for
+/// tools that run against a shared server and should leave nothing behind.
+pub async fn drop_database(url: &str) -> anyhow::Result<()> {
+    let name = url
+        .rsplit_once('/')
+        .map(|(_, name)| name)
+        .filter(|name| {
+            name.starts_with("mangahub_test_")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+        .with_context(|| format!("{url} is not a database fresh_database made"))?;
+    let admin = admin_url().await?;
+    let mut conn = PgConnection::connect(&admin)
+        .await
+        .with_context(|| format!("connecting to test Postgres {admin}"))?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await?;
+    Ok(())
+}
+
+/// The server fresh databases live on: `TEST_DATABASE_URL`, else the
+/// machine's, else a private cluster started for this process.
+async fn admin_url() -> anyhow::Result<String> {
+    Ok(match std::env::var("TEST_DATABASE_URL") {
+        Ok(url) => url,
+        Err(_) if reachable(DEFAULT_ADMIN_URL).await => DEFAULT_ADMIN_URL.to_owned(),
+        Err(_) => FALLBACK
+            .get_or_try_init(PrivatePostgres::start)
+            .await?
+            .url("postgres"),
+    })
 }
 
 async fn reachable(url: &str) -> bool {
@@ -283,4 +312,44 @@ fn pg_bin_dir() -> anyhow::Result<PathBuf> {
     candidates
         .pop()
         .context("no PostgreSQL server binaries (initdb, pg_ctl) installed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn exists(name: &str) -> bool {
+        let mut conn = PgConnection::connect(&admin_url().await.expect("admin url"))
+            .await
+            .expect("admin connection");
+        sqlx::query_scalar::<_, bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)",
+        )
+        .bind(name)
+        .fetch_one(&mut conn)
+        .await
+        .expect("pg_database")
+    }
+
+    #[tokio::test]
+    async fn a_dropped_fresh_database_is_gone_even_with_a_session_open() {
+        let url = fresh_database().await.expect("fresh database");
+        let name = url.rsplit_once('/').expect("database name").1.to_owned();
+        assert!(exists(&name).await, "{name} was not created");
+        let _session = PgConnection::connect(&url).await.expect("session");
+        drop_database(&url).await.expect("drop");
+        assert!(!exists(&name).await, "{name} is still there");
+    }
+
+    #[tokio::test]
+    async fn only_fresh_databases_are_dropped() {
+        let err = drop_database("postgres://root@127.0.0.1:5432/postgres")
+            .await
+            .expect_err("refused");
+        assert!(
+            err.to_string()
+                .contains("is not a database fresh_database made"),
+            "{err}"
+        );
+    }
 }

@@ -289,6 +289,11 @@ pub fn run(args: &GrpcArgs) -> anyhow::Result<()> {
             server_rt.block_on(server)??;
             // After the service: in hybrid mode it flushes to Postgres on the way out.
             drop(redis);
+            if *backend != Backend::Sqlite
+                && let Err(e) = server_rt.block_on(testkit::drop_database(&database_url))
+            {
+                tracing::warn!(error = %e, database = %database_url, "bench database left behind");
+            }
         }
     }
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
