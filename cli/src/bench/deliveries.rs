@@ -59,6 +59,26 @@ impl Counts {
             .sum()
     }
 
+    /// Each subscriber's count now: the base a phase measures from.
+    pub fn snapshot(&self) -> Vec<u64> {
+        self.slots
+            .iter()
+            .step_by(STRIDE)
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    /// The fewest messages any subscriber still connected has received since
+    /// `base` (a [`Counts::snapshot`]); `None` when none is connected.
+    pub fn slowest_since(&self, base: &[u64]) -> Option<u64> {
+        self.slots
+            .chunks_exact(STRIDE)
+            .zip(base)
+            .filter(|(slot, _)| slot[1].load(Ordering::Relaxed) == 0)
+            .map(|(slot, base)| slot[0].load(Ordering::Relaxed).saturating_sub(*base))
+            .min()
+    }
+
     pub fn closed(&self) -> u64 {
         self.slots
             .iter()

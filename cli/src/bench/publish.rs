@@ -79,19 +79,23 @@ impl<S: Sink> Publisher<S> {
         let closed_before = counts.closed();
         let subscribers = counts.len() as u64 - closed_before;
         let base = counts.received();
-        let lag_limit = bounds.max_lag.saturating_mul(subscribers);
-        let mut received = 0;
+        // The bound holds for every subscriber, not on average: one that the
+        // scheduler starves must not fall further behind than the others.
+        let each_base = counts.snapshot();
+        let mut slowest = Some(0);
         let (mut sent, mut inflight) = (0u64, 0usize);
         let mut phase = Phase::default();
         let start = Instant::now();
         let end = start + duration;
         loop {
             let now = Instant::now();
-            let behind = |received: u64| (sent * subscribers).saturating_sub(received) >= lag_limit;
-            if behind(received) {
-                received = counts.received() - base;
+            let behind = |slowest: Option<u64>| {
+                slowest.is_some_and(|got| sent.saturating_sub(got) >= bounds.max_lag)
+            };
+            if behind(slowest) {
+                slowest = counts.slowest_since(&each_base);
             }
-            if now < end && inflight < bounds.inflight.max(1) && !behind(received) {
+            if now < end && inflight < bounds.inflight.max(1) && !behind(slowest) {
                 self.send().await?;
                 sent += 1;
                 inflight += 1;
@@ -166,5 +170,82 @@ impl<S: Sink> Publisher<S> {
             incomplete: messages - last.len(),
             last,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use super::*;
+
+    /// Publishes in memory: every subscriber but the last has each message
+    /// as it is sent; the last is read by a slow task. Records the most any
+    /// subscriber was behind when a message went out.
+    struct MemorySink {
+        counts: Arc<Counts>,
+        sent: Arc<AtomicU64>,
+        worst_lag: u64,
+    }
+
+    impl Sink for MemorySink {
+        async fn send(&mut self, _message: i64) -> anyhow::Result<()> {
+            let sent = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+            let slow = self.counts.len() - 1;
+            for i in 0..slow {
+                self.counts.set(i, sent, 1);
+            }
+            let got = self.counts.snapshot()[slow];
+            self.worst_lag = self.worst_lag.max(sent - 1 - got.min(sent - 1));
+            Ok(())
+        }
+
+        async fn ack(&mut self) -> anyhow::Result<bool> {
+            Ok(true)
+        }
+    }
+
+    #[tokio::test]
+    async fn no_single_subscriber_falls_further_behind_than_the_bound() {
+        const SUBSCRIBERS: usize = 10;
+        const MAX_LAG: u64 = 50;
+        let counts = Arc::new(Counts::new(SUBSCRIBERS));
+        let sent = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let (counts, sent) = (counts.clone(), sent.clone());
+            tokio::spawn(async move {
+                let mut got = 0;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    got = sent.load(Ordering::Relaxed).min(got + 5);
+                    counts.set(SUBSCRIBERS - 1, got, 1);
+                }
+            })
+        };
+        let mut publisher = Publisher::new(MemorySink {
+            counts: counts.clone(),
+            sent: sent.clone(),
+            worst_lag: 0,
+        });
+        let phase = publisher
+            .throughput(
+                &counts,
+                Duration::from_millis(300),
+                Bounds {
+                    inflight: 8,
+                    max_lag: MAX_LAG,
+                },
+            )
+            .await
+            .expect("phase");
+        reader.abort();
+        assert!(phase.applied > MAX_LAG, "published only {}", phase.applied);
+        assert_eq!(phase.lost, 0, "{phase:?}");
+        let worst = publisher.sink.worst_lag;
+        assert!(
+            worst <= MAX_LAG,
+            "the slow subscriber was {worst} messages behind, over the bound of {MAX_LAG}"
+        );
     }
 }
