@@ -78,9 +78,9 @@ async fn an_idle_websocket_connections_future_stays_within_its_budget() {
     );
     let size = std::mem::size_of_val(&future);
     assert!(
-        size <= IDLE_WEBSOCKET_FUTURE_BUDGET,
+        size <= IDLE_FUTURE_BUDGET,
         "a WebSocket connection's future is {size} bytes, over its budget of \
-         {IDLE_WEBSOCKET_FUTURE_BUDGET}: see the notes at IDLE_FUTURE_BUDGET"
+         {IDLE_FUTURE_BUDGET}: see the notes at IDLE_FUTURE_BUDGET"
     );
 }
 

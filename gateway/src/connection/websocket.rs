@@ -38,23 +38,24 @@ pub struct MessageReader<R> {
     out: Conn,
     /// The frame whose payload is being read.
     frame: Option<FrameState>,
-    /// The message that the next continuation frame belongs to.
-    message: Message,
+    /// The message that the next continuation frame belongs to; `None`
+    /// between messages. Boxed: every idle connection's task holds this
+    /// reader, and a pointer is 8 bytes where the message is 32.
+    message: Option<Box<Message>>,
 }
 
+/// 16 bytes: an idle connection's task holds it.
 struct FrameState {
     opcode: OpCode,
     is_final: bool,
+    /// The masking key, turned as payload is read so that its first byte
+    /// masks the next payload byte (no phase to keep).
     mask: [u8; 4],
     /// Payload bytes still to come.
     remaining: u64,
-    /// Payload bytes already read (the mask's phase).
-    offset: usize,
 }
 
 enum Message {
-    /// Between messages.
-    None,
     /// A text message whose fragments are being joined.
     Text(BytesMut),
     /// A message being skipped (too large or binary).
@@ -70,7 +71,7 @@ impl<R: ReadSource> MessageReader<R> {
             max,
             out,
             frame: None,
-            message: Message::None,
+            message: None,
         }
     }
 
@@ -78,9 +79,9 @@ impl<R: ReadSource> MessageReader<R> {
     /// checks bound it).
     #[doc(hidden)]
     pub fn buffered_len(&self) -> usize {
-        let joined = match &self.message {
-            Message::Text(text) => text.len(),
-            Message::None | Message::Skipping => 0,
+        let joined = match self.message.as_deref() {
+            Some(Message::Text(text)) => text.len(),
+            Some(Message::Skipping) | None => 0,
         };
         self.buf.len() + joined
     }
@@ -103,7 +104,7 @@ impl<R: ReadSource> MessageReader<R> {
                     return Ok(None);
                 }
                 let mut payload = self.buf.split_to(len);
-                unmask(&mut payload, frame.mask, 0);
+                unmask(&mut payload, frame.mask);
                 self.frame = None;
                 self.release_if_empty();
                 return self.control(control, payload).map(Some);
@@ -114,18 +115,15 @@ impl<R: ReadSource> MessageReader<R> {
             if take == 0 && frame.remaining > 0 {
                 return Ok(None);
             }
-            let (mask, offset) = (frame.mask, frame.offset);
+            let mask = frame.mask;
             frame.remaining -= take as u64;
-            frame.offset += take;
+            frame.mask.rotate_left(take % 4);
             let done = frame.remaining == 0;
             let is_final = frame.is_final;
-            match &mut self.message {
-                Message::Text(text) => {
-                    let start = text.len();
-                    text.extend_from_slice(&self.buf[..take]);
-                    unmask(&mut text[start..], mask, offset);
-                }
-                Message::Skipping | Message::None => {}
+            if let Some(Message::Text(text)) = self.message.as_deref_mut() {
+                let start = text.len();
+                text.extend_from_slice(&self.buf[..take]);
+                unmask(&mut text[start..], mask);
             }
             self.consume(take);
             if !done {
@@ -135,12 +133,12 @@ impl<R: ReadSource> MessageReader<R> {
             if !is_final {
                 continue;
             }
-            match std::mem::replace(&mut self.message, Message::None) {
-                Message::Text(text) => {
+            match self.message.take().map(|message| *message) {
+                Some(Message::Text(text)) => {
                     self.release_if_empty();
                     return text_message(text).map(Some);
                 }
-                Message::Skipping | Message::None => self.release_if_empty(),
+                Some(Message::Skipping) | None => self.release_if_empty(),
             }
         }
     }
@@ -160,49 +158,44 @@ impl<R: ReadSource> MessageReader<R> {
         if header.rsv1 || header.rsv2 || header.rsv3 || len > i64::MAX as u64 {
             return Err(CloseCode::PROTOCOL);
         }
-        let message = std::mem::replace(&mut self.message, Message::None);
         let mut report = None;
-        self.message = match (header.opcode, message) {
-            (OpCode::Control(_), message) => {
+        match (header.opcode, self.message.as_deref_mut()) {
+            (OpCode::Control(_), _) => {
                 if !header.is_final || len > MAX_CONTROL_PAYLOAD {
                     return Err(CloseCode::PROTOCOL);
                 }
-                message
             }
-            (OpCode::Data(Data::Continue), Message::None)
-            | (OpCode::Data(Data::Text | Data::Binary), Message::Text(_) | Message::Skipping) => {
-                return Err(CloseCode::PROTOCOL);
-            }
-            (OpCode::Data(Data::Binary), Message::None) => {
+            (OpCode::Data(Data::Continue), None)
+            | (OpCode::Data(Data::Text | Data::Binary), Some(_))
+            | (OpCode::Data(Data::Reserved(_)), _) => return Err(CloseCode::PROTOCOL),
+            (OpCode::Data(Data::Binary), None) => {
                 report = Some(Frame::Binary);
-                Message::Skipping
+                self.message = Some(Box::new(Message::Skipping));
             }
-            (OpCode::Data(Data::Text), Message::None) => {
-                if len > self.max as u64 {
+            (OpCode::Data(Data::Text), None) => {
+                self.message = Some(Box::new(if len > self.max as u64 {
                     report = Some(Frame::TooLarge);
                     Message::Skipping
                 } else {
                     Message::Text(BytesMut::new())
-                }
+                }));
             }
-            (OpCode::Data(Data::Continue), Message::Text(text)) => {
-                if text.len() as u64 + len > self.max as u64 {
+            (OpCode::Data(Data::Continue), Some(message)) => {
+                if let Message::Text(text) = message
+                    && text.len() as u64 + len > self.max as u64
+                {
                     report = Some(Frame::TooLarge);
-                    Message::Skipping
-                } else {
-                    Message::Text(text)
+                    // The joined part is dropped: the message is skipped.
+                    *message = Message::Skipping;
                 }
             }
-            (OpCode::Data(Data::Continue), Message::Skipping) => Message::Skipping,
-            (OpCode::Data(Data::Reserved(_)), _) => return Err(CloseCode::PROTOCOL),
-        };
+        }
         self.consume(header_len);
         self.frame = Some(FrameState {
             opcode: header.opcode,
             is_final: header.is_final,
             mask,
             remaining: len,
-            offset: 0,
         });
         Ok(report.map_or(Start::Continue, Start::Report))
     }
@@ -249,7 +242,7 @@ impl<R: ReadSource> MessageReader<R> {
 
     /// Between messages with nothing buffered, an idle connection keeps no buffer.
     fn release_if_empty(&mut self) {
-        if self.buf.is_empty() && matches!(self.message, Message::None) {
+        if self.buf.is_empty() && self.message.is_none() {
             self.buf = BytesMut::new();
         }
     }
@@ -270,11 +263,11 @@ fn text_message(text: BytesMut) -> Result<Frame, CloseCode> {
     Ok(Frame::Line(text))
 }
 
-/// XORs client payload bytes with their mask; `offset` is how much of the
-/// frame's payload came before `data`.
-fn unmask(data: &mut [u8], mask: [u8; 4], offset: usize) {
+/// XORs client payload bytes with their mask, turned so that `mask[0]`
+/// masks `data[0]`.
+fn unmask(data: &mut [u8], mask: [u8; 4]) {
     for (i, byte) in data.iter_mut().enumerate() {
-        *byte ^= mask[(offset + i) & 3];
+        *byte ^= mask[i & 3];
     }
 }
 

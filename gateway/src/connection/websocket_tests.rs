@@ -102,6 +102,24 @@ async fn a_text_frame_is_one_message() {
 }
 
 #[tokio::test]
+async fn a_payload_read_three_bytes_at_a_time_is_unmasked_whole() {
+    // Each read ends at another place of the 4-byte masking key.
+    let mut p = peer();
+    let text = "{\"type\":\"ping\",\"id\":\"abcdefg\"}";
+    let bytes = masked(text.as_bytes(), TEXT, true);
+    let (last, head) = bytes.split_last().unwrap();
+    for chunk in head.chunks(3) {
+        p.client.write_all(chunk).await.unwrap();
+        assert!(
+            p.reader.try_next().is_none(),
+            "a message before its last byte"
+        );
+    }
+    p.client.write_all(&[*last]).await.unwrap();
+    assert_eq!(line(p.reader.next().await.unwrap()), text);
+}
+
+#[tokio::test]
 async fn fragments_are_joined_and_a_ping_between_them_is_answered() {
     let mut p = peer();
     let mut bytes = masked(b"{\"type\":", TEXT, false);
