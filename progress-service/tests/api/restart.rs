@@ -51,7 +51,7 @@ async fn refused_start(database_url: &str) -> String {
 }
 
 /// A file the service creates has 2 KiB pages and WAL; a record written
-/// through the writer's own connection is on disk after a restart.
+/// through the writer's own connection is in the file once the service stops.
 #[tokio::test]
 async fn a_new_sqlite_file_has_small_pages_and_a_wal() {
     use sqlx::Connection;

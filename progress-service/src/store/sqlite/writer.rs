@@ -9,8 +9,8 @@
 //! the writer.
 
 use std::path::Path;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -199,33 +199,37 @@ const UPSERT_ROWS: usize = 128;
 /// Columns one upserted row binds.
 const UPSERT_COLUMNS: usize = 11;
 
+/// The upsert statement for 1..=`UPSERT_ROWS` rows, at index `rows - 1`.
+static UPSERT_SQL: LazyLock<Vec<String>> =
+    LazyLock::new(|| (1..=UPSERT_ROWS).map(upsert_sql).collect());
+
+fn upsert_sql(rows: usize) -> String {
+    let row = format!("({})", ["?"; UPSERT_COLUMNS].join(", "));
+    let values = vec![row.as_str(); rows].join(", ");
+    format!(
+        concat!(
+            "INSERT INTO user_progress (",
+            columns!(),
+            ", change_seq, origin, private) VALUES {}",
+            " ON CONFLICT (user_id, manga_id) DO UPDATE SET
+           chapter_hundredths = excluded.chapter_hundredths, page = excluded.page,
+           status = excluded.status, version = excluded.version,
+           updated_at_us = excluded.updated_at_us, device = excluded.device,
+           change_seq = excluded.change_seq, origin = excluded.origin,
+           private = excluded.private"
+        ),
+        values
+    )
+}
+
 /// Upserts `rows` in one statement (a created record's delete marker goes
 /// with it, by trigger).
 fn upsert(conn: &Connection, rows: &[(&Progress, &Stamp)], base: i64) -> rusqlite::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut sql = String::with_capacity(512 + rows.len() * 4 * UPSERT_COLUMNS);
-    sql.push_str(concat!(
-        "INSERT INTO user_progress (",
-        columns!(),
-        ", change_seq, origin, private) VALUES "
-    ));
-    for i in 0..rows.len() {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-    }
-    sql.push_str(
-        " ON CONFLICT (user_id, manga_id) DO UPDATE SET
-           chapter_hundredths = excluded.chapter_hundredths, page = excluded.page,
-           status = excluded.status, version = excluded.version,
-           updated_at_us = excluded.updated_at_us, device = excluded.device,
-           change_seq = excluded.change_seq, origin = excluded.origin,
-           private = excluded.private",
-    );
-    let mut statement = conn.prepare_cached(&sql)?;
+    // Built once per row count: a batch only looks its statement up.
+    let mut statement = conn.prepare_cached(&UPSERT_SQL[rows.len() - 1])?;
     let mut at = 0;
     for (p, stamp) in rows {
         statement.raw_bind_parameter(at + 1, &p.key.user_id)?;
