@@ -16,10 +16,23 @@ const DEFAULT_ADMIN_URL: &str = "postgres://root@127.0.0.1:5432/postgres";
 
 static FALLBACK: OnceCell<PrivatePostgres> = OnceCell::const_new();
 
+/// Set once this process has swept the databases of finished test processes.
+static SWEPT: OnceCell<()> = OnceCell::const_new();
+
+/// What every fresh database's name starts with; the creating process's id
+/// follows, then a random part.
+const PREFIX: &str = "mangahub_test";
+
 /// Creates an empty database and returns its URL. Migrations are the app's job.
+///
+/// Tests do not drop their databases (a failed test's is worth keeping to
+/// look at); the first call in each process drops those whose creating
+/// process has ended instead (`sweep_finished`), so a development server
+/// does not fill up with them run after run.
 pub async fn fresh_database() -> anyhow::Result<String> {
     let admin = admin_url().await?;
-    let name = unique_name("mangahub_test");
+    SWEPT.get_or_init(|| sweep_finished(&admin)).await;
+    let name = unique_name(&format!("{PREFIX}_{}", std::process::id()));
     let mut conn = PgConnection::connect(&admin)
         .await
         .with_context(|| format!("connecting to test Postgres {admin}"))?;
@@ -39,7 +52,7 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
         .rsplit_once('/')
         .map(|(_, name)| name)
         .filter(|name| {
-            name.starts_with("mangahub_test_")
+            name.starts_with(&format!("{PREFIX}_"))
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         })
         .with_context(|| format!("{url} is not a database fresh_database made"))?;
@@ -53,6 +66,68 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     .execute(&mut conn)
     .await?;
     Ok(())
+}
+
+/// Drops the fresh databases on `admin`'s server whose creating process is no
+/// longer running on this machine. Only on a server on this machine's
+/// loopback: on another host the process ids name other machines' processes.
+/// Names without a process id (made before it was part of the name) are
+/// left alone. Failures are reported and otherwise ignored: a sweep is
+/// housekeeping, not part of any test.
+async fn sweep_finished(admin: &str) {
+    if !on_loopback(admin) || !Path::new("/proc/self").exists() {
+        return;
+    }
+    if let Err(err) = drop_finished(admin).await {
+        eprintln!("testkit: sweeping finished test databases on {admin}: {err:#}");
+    }
+}
+
+async fn drop_finished(admin: &str) -> anyhow::Result<()> {
+    let mut conn = PgConnection::connect(admin).await?;
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
+            .bind(format!("{PREFIX}_"))
+            .fetch_all(&mut conn)
+            .await?;
+    for name in names {
+        let Some(pid) = creator(&name) else { continue };
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
+        // Another process may be sweeping the same one.
+        if let Err(err) = drop_database(&format!("{base}/{name}")).await {
+            eprintln!("testkit: dropping {name}: {err:#}");
+        }
+    }
+    Ok(())
+}
+
+/// The creating process's id in a fresh database's name
+/// (`mangahub_test_<pid>_<random>`).
+fn creator(name: &str) -> Option<u32> {
+    let (pid, random) = name
+        .strip_prefix(PREFIX)?
+        .strip_prefix('_')?
+        .split_once('_')?;
+    (!random.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+fn on_loopback(url: &str) -> bool {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or_default();
+    let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.split(':').next().unwrap_or_default(),
+    };
+    matches!(host, "127.0.0.1" | "localhost" | "::1")
 }
 
 /// The server fresh databases live on: `TEST_DATABASE_URL`, else the
@@ -116,7 +191,7 @@ impl PrivatePostgres {
 
     /// A new empty database on this cluster.
     pub async fn fresh_database(&self) -> anyhow::Result<String> {
-        let name = unique_name("mangahub_test");
+        let name = unique_name(PREFIX);
         let mut conn = PgConnection::connect(&self.url("postgres")).await?;
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
@@ -339,6 +414,59 @@ mod tests {
         let _session = PgConnection::connect(&url).await.expect("session");
         drop_database(&url).await.expect("drop");
         assert!(!exists(&name).await, "{name} is still there");
+    }
+
+    #[tokio::test]
+    async fn a_finished_processs_databases_are_swept_and_a_running_ones_kept() {
+        let admin = admin_url().await.expect("admin url");
+        // Above the kernel's largest process id: no process can have it.
+        let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+            .expect("pid_max")
+            .trim()
+            .parse()
+            .expect("pid_max is a number");
+        // This process's own sweep runs first, at its first fresh database.
+        let running = fresh_database().await.expect("fresh database");
+        let running = running.rsplit_once('/').expect("name").1.to_owned();
+        let finished = unique_name(&format!("{PREFIX}_{}", pid_max + 1));
+        let mut conn = PgConnection::connect(&admin).await.expect("admin");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {finished}")))
+            .execute(&mut conn)
+            .await
+            .expect("create");
+        if on_loopback(&admin) {
+            drop_finished(&admin).await.expect("sweep");
+            assert!(!exists(&finished).await, "{finished} was not swept");
+        } else {
+            // Not swept off this machine's loopback; clean up by hand.
+            drop_database(&format!(
+                "{}/{finished}",
+                admin.rsplit_once('/').expect("base").0
+            ))
+            .await
+            .expect("drop");
+        }
+        assert!(
+            exists(&running).await,
+            "{running} (this process's) was swept"
+        );
+    }
+
+    #[test]
+    fn the_creator_is_read_from_the_name_and_only_loopback_servers_are_swept() {
+        assert_eq!(creator("mangahub_test_4242_00ff00ff00ff00ff"), Some(4242));
+        assert_eq!(
+            creator("mangahub_test_00ff00ff00ff00ff"),
+            None,
+            "no id: left alone"
+        );
+        assert_eq!(creator("mangahub_test_4242_"), None);
+        assert_eq!(creator("other_4242_00ff"), None);
+        assert!(on_loopback("postgres://root@127.0.0.1:5432/postgres"));
+        assert!(on_loopback("postgres://localhost/postgres"));
+        assert!(on_loopback("postgres://u:p@[::1]:5432/postgres"));
+        assert!(!on_loopback("postgres://root@db.example:5432/postgres"));
+        assert!(!on_loopback("postgres://127.0.0.1.example/postgres"));
     }
 
     #[tokio::test]
