@@ -18,7 +18,7 @@ ARG CARGO_CHEF_VERSION=0.1.77
 
 FROM rust:${RUST_VERSION}-slim-bookworm AS chef
 ARG CARGO_CHEF_VERSION
-# make: the gateway's allocator (jemalloc, built from source by
+# make: the binaries' allocator (jemalloc, built from source by
 # tikv-jemalloc-sys) runs configure and make; the slim image has only gcc.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends make \

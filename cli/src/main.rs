@@ -10,6 +10,11 @@ mod token;
 
 use clap::{Parser, Subcommand};
 
+// `dev` and the benches run the services in this process: on the same
+// allocator as their own binaries.
+#[global_allocator]
+static ALLOCATOR: mangahub_ops::Allocator = mangahub_ops::ALLOCATOR;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mangahub",

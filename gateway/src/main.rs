@@ -1,14 +1,8 @@
 use clap::Parser;
 use gateway::Config;
 
-/// jemalloc rather than the system allocator: an idle connection's
-/// allocations are a few hundred bytes each, made among the short-lived ones
-/// of its handshake and authentication, and glibc's heap keeps more of that
-/// churn resident (about 150-230 bytes per idle connection here; measured in
-/// `docs/gateway.md`, "Memory per connection").
-#[cfg(not(target_env = "msvc"))]
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: mangahub_ops::Allocator = mangahub_ops::ALLOCATOR;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
