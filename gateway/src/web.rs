@@ -82,8 +82,19 @@ where
                 return refuse(stream, "431 Request Header Fields Too Large", "").await;
             }
             Ok(None) => {}
+            // Only a complete head gets here (tungstenite checks the method
+            // after parsing it all).
             Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
-                return refuse(stream, "405 Method Not Allowed", "Allow: GET\r\n").await;
+                return match head_request_path(&buf) {
+                    Some("/" | "/index.html") => {
+                        answer_head(stream, "200 OK", PAGE_HEADERS, PAGE.len()).await
+                    }
+                    // What `GET` would get, less the body: `/ws` upgrades
+                    // only a `GET`.
+                    Some("/ws") => answer_head(stream, "400 Bad Request", TEXT_HEADERS, 0).await,
+                    Some(_) => answer_head(stream, "404 Not Found", TEXT_HEADERS, 0).await,
+                    None => refuse(stream, "405 Method Not Allowed", "Allow: GET, HEAD\r\n").await,
+                };
             }
             Err(err) => {
                 tracing::debug!(%err, "bad HTTP request on the WebSocket port");
@@ -146,14 +157,43 @@ const PAGE_HEADERS: &str = "Content-Type: text/html; charset=utf-8\r\n\
     style-src 'unsafe-inline'; img-src data:; connect-src 'self' ws: wss:; \
     frame-ancestors 'none'\r\n";
 
+const TEXT_HEADERS: &str = "Content-Type: text/plain; charset=utf-8\r\n";
+
+/// The path of a complete `HEAD` request head, `None` for another method
+/// (monitors and link checkers ask for the page with `HEAD`).
+fn head_request_path(buf: &[u8]) -> Option<&str> {
+    // As many as tungstenite parsed the head with.
+    let mut headers = [httparse::EMPTY_HEADER; tungstenite::handshake::headers::MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    request.parse(buf).ok()?;
+    match request.method? {
+        "HEAD" => request.path,
+        _ => None,
+    }
+}
+
 /// An HTTP error with its status line as the body.
 async fn refuse<S>(stream: &mut S, status: &str, headers: &str) -> std::io::Result<Handshake>
 where
     S: AsyncWrite + Unpin,
 {
     let body = format!("{status}\n");
-    let headers = format!("Content-Type: text/plain; charset=utf-8\r\n{headers}");
+    let headers = format!("{TEXT_HEADERS}{headers}");
     respond(stream, status, &headers, &body).await?;
+    Ok(Handshake::Answered)
+}
+
+/// The answer to a `HEAD`: the headers `GET` would get, no body.
+async fn answer_head<S>(
+    stream: &mut S,
+    status: &str,
+    headers: &str,
+    length: usize,
+) -> std::io::Result<Handshake>
+where
+    S: AsyncWrite + Unpin,
+{
+    write_and_close(stream, &response_head(status, headers, length)).await?;
     Ok(Handshake::Answered)
 }
 
@@ -161,10 +201,18 @@ async fn respond<S>(stream: &mut S, status: &str, headers: &str, body: &str) -> 
 where
     S: AsyncWrite + Unpin,
 {
-    let response = format!(
-        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let response = response_head(status, headers, body.len()) + body;
+    write_and_close(stream, &response).await
+}
+
+fn response_head(status: &str, headers: &str, length: usize) -> String {
+    format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {length}\r\nConnection: close\r\n\r\n")
+}
+
+async fn write_and_close<S>(stream: &mut S, response: &str) -> std::io::Result<()>
+where
+    S: AsyncWrite + Unpin,
+{
     stream.write_all(response.as_bytes()).await?;
     stream.flush().await?;
     stream.shutdown().await

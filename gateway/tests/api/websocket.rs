@@ -18,6 +18,12 @@ use crate::helpers::{Client, Transport, WAIT, spawn_app, spawn_app_with, token};
 
 /// Sends raw HTTP to the WebSocket port; returns the response's status line.
 async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
+    let text = raw_http_response(addr, request).await;
+    text.lines().next().unwrap_or_default().to_owned()
+}
+
+/// The whole answer to `request`, read until the gateway closes.
+async fn raw_http_response(addr: std::net::SocketAddr, request: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
     stream.write_all(request.as_bytes()).await.expect("write");
     let mut response = Vec::new();
@@ -25,8 +31,7 @@ async fn raw_http(addr: std::net::SocketAddr, request: &str) -> String {
         .await
         .expect("answered and closed in time")
         .expect("read");
-    let text = String::from_utf8_lossy(&response).into_owned();
-    text.lines().next().unwrap_or_default().to_owned()
+    String::from_utf8_lossy(&response).into_owned()
 }
 
 fn upgrade_request(extra: &str) -> String {
@@ -52,6 +57,38 @@ async fn the_live_page_is_served_at_the_root() {
 }
 
 #[tokio::test]
+async fn a_head_request_gets_what_a_get_would_without_the_body() {
+    let app = spawn_app().await;
+    let addr = app.ws_addr;
+    let (_, page) = testkit::http_get(addr, "/").await.expect("GET /");
+    let response = raw_http_response(addr, "HEAD / HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+    let (head, body) = response.split_once("\r\n\r\n").expect("a complete head");
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(head.contains("\r\nContent-Type: text/html"), "{head}");
+    assert!(
+        head.contains(&format!("\r\nContent-Length: {}\r\n", page.len())),
+        "the page's length, {}: {head}",
+        page.len()
+    );
+    assert!(body.is_empty(), "a HEAD answer has no body: {body:?}");
+    for (path, status) in [
+        ("/nothing-here", "404 Not Found"),
+        ("/ws", "400 Bad Request"),
+    ] {
+        let response =
+            raw_http_response(addr, &format!("HEAD {path} HTTP/1.1\r\nHost: gw\r\n\r\n")).await;
+        assert!(
+            response.starts_with(&format!("HTTP/1.1 {status}\r\n")),
+            "HEAD {path}: {response}"
+        );
+        assert!(
+            response.ends_with("\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            "HEAD {path} has no body: {response:?}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn bad_handshakes_get_http_errors() {
     let app = spawn_app().await;
     let addr = app.ws_addr;
@@ -65,9 +102,11 @@ async fn bad_handshakes_get_http_errors() {
     let bad_key = upgrade_request("").replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
     assert_eq!(raw_http(addr, &bad_key).await, "HTTP/1.1 400 Bad Request");
     let post = "POST /ws HTTP/1.1\r\nHost: gw\r\nContent-Length: 0\r\n\r\n";
-    assert_eq!(
-        raw_http(addr, post).await,
-        "HTTP/1.1 405 Method Not Allowed"
+    let refused = raw_http_response(addr, post).await;
+    assert!(
+        refused.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
+            && refused.contains("\r\nAllow: GET, HEAD\r\n"),
+        "{refused}"
     );
     let huge = format!("GET /ws HTTP/1.1\r\nX-Pad: {}\r\n\r\n", "x".repeat(10_000));
     assert_eq!(
