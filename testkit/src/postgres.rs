@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
 use sqlx::Connection;
-use sqlx::postgres::PgConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
 use tokio::sync::OnceCell;
 
 use crate::{free_port, unique_name, wait_until};
@@ -19,20 +20,28 @@ static FALLBACK: OnceCell<PrivatePostgres> = OnceCell::const_new();
 /// Set once this process has swept the databases of finished test processes.
 static SWEPT: OnceCell<()> = OnceCell::const_new();
 
-/// What every fresh database's name starts with; the creating process's id
-/// follows, then a random part.
+/// What every fresh database's name starts with; the creating process's id,
+/// the creation time (Unix seconds) and a random part follow.
 const PREFIX: &str = "mangahub_test";
+
+/// How long a finished process's database is kept before a sweep drops it.
+const KEEP_FINISHED: Duration = Duration::from_secs(60 * 60);
 
 /// Creates an empty database and returns its URL. Migrations are the app's job.
 ///
-/// Tests do not drop their databases (a failed test's is worth keeping to
-/// look at); the first call in each process drops those whose creating
-/// process has ended instead (`sweep_finished`), so a development server
-/// does not fill up with them run after run.
+/// Tests do not drop their databases (a failed test's is worth a look); the
+/// first call in each process drops those that are older than
+/// `KEEP_FINISHED`, made by a process that has ended and without a session
+/// open (`sweep_finished`), so a development server does not fill up with
+/// them run after run.
 pub async fn fresh_database() -> anyhow::Result<String> {
     let admin = admin_url().await?;
     SWEPT.get_or_init(|| sweep_finished(&admin)).await;
-    let name = unique_name(&format!("{PREFIX}_{}", std::process::id()));
+    let name = unique_name(&format!(
+        "{PREFIX}_{}_{}",
+        std::process::id(),
+        unix_seconds()
+    ));
     let mut conn = PgConnection::connect(&admin)
         .await
         .with_context(|| format!("connecting to test Postgres {admin}"))?;
@@ -68,22 +77,25 @@ pub async fn drop_database(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops the fresh databases on `admin`'s server whose creating process is no
-/// longer running on this machine. Only on a server on this machine's
-/// loopback: on another host the process ids name other machines' processes.
-/// Names without a process id (made before it was part of the name) are
+/// Drops the fresh databases on `admin`'s server that a process on this
+/// machine made more than `KEEP_FINISHED` ago and that has ended. Only on a
+/// server this machine reaches by loopback or a Unix socket: elsewhere the
+/// process ids name other machines' processes. A database with a session
+/// open is skipped (no `FORCE`): whoever holds it is not finished, e.g. a
+/// process in another process-id namespace sharing this server. Names
+/// without an id and a time (made before they were part of the name) are
 /// left alone. Failures are reported and otherwise ignored: a sweep is
 /// housekeeping, not part of any test.
 async fn sweep_finished(admin: &str) {
-    if !on_loopback(admin) || !Path::new("/proc/self").exists() {
+    if !is_local(admin) || !Path::new("/proc/self").exists() {
         return;
     }
-    if let Err(err) = drop_finished(admin).await {
+    if let Err(err) = drop_finished(admin, unix_seconds()).await {
         eprintln!("testkit: sweeping finished test databases on {admin}: {err:#}");
     }
 }
 
-async fn drop_finished(admin: &str) -> anyhow::Result<()> {
+async fn drop_finished(admin: &str, now: u64) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect(admin).await?;
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
@@ -91,43 +103,57 @@ async fn drop_finished(admin: &str) -> anyhow::Result<()> {
             .fetch_all(&mut conn)
             .await?;
     for name in names {
-        let Some(pid) = creator(&name) else { continue };
-        if Path::new(&format!("/proc/{pid}")).exists() {
+        let Some((pid, created)) = creator(&name) else {
+            continue;
+        };
+        if now.saturating_sub(created) < KEEP_FINISHED.as_secs()
+            || Path::new(&format!("/proc/{pid}")).exists()
+        {
             continue;
         }
-        let base = admin.rsplit_once('/').map_or(admin, |(base, _)| base);
-        // Another process may be sweeping the same one.
-        if let Err(err) = drop_database(&format!("{base}/{name}")).await {
-            eprintln!("testkit: dropping {name}: {err:#}");
+        // Fails while a session is open, or when another process swept it first.
+        let drop = format!("DROP DATABASE IF EXISTS {name}");
+        if let Err(err) = sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await
+        {
+            eprintln!("testkit: not dropping {name}: {err}");
         }
     }
     Ok(())
 }
 
-/// The creating process's id in a fresh database's name
-/// (`mangahub_test_<pid>_<random>`).
-fn creator(name: &str) -> Option<u32> {
-    let (pid, random) = name
-        .strip_prefix(PREFIX)?
-        .strip_prefix('_')?
-        .split_once('_')?;
-    (!random.is_empty()).then_some(())?;
-    pid.parse().ok()
+/// The creating process's id and the creation time in a fresh database's
+/// name (`mangahub_test_<pid>_<unix seconds>_<16 hex digits>`).
+fn creator(name: &str) -> Option<(u32, u64)> {
+    let mut parts = name.strip_prefix(PREFIX)?.strip_prefix('_')?.split('_');
+    let (pid, created, random) = (parts.next()?, parts.next()?, parts.next()?);
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let hex = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
+    if parts.next().is_some() || !digits(pid) || !digits(created) || !hex {
+        return None;
+    }
+    Some((pid.parse().ok()?, created.parse().ok()?))
 }
 
-fn on_loopback(url: &str) -> bool {
-    let host = url
-        .split_once("://")
-        .map_or(url, |(_, rest)| rest)
-        .split(['/', '?'])
-        .next()
-        .unwrap_or_default();
-    let host = host.rsplit_once('@').map_or(host, |(_, host)| host);
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => host.split(':').next().unwrap_or_default(),
+/// Whether `url` reaches a server on this machine: loopback or a Unix socket
+/// (the host sqlx would connect to, `?host=` included).
+fn is_local(url: &str) -> bool {
+    let Ok(options) = PgConnectOptions::from_str(url) else {
+        return false;
     };
-    matches!(host, "127.0.0.1" | "localhost" | "::1")
+    let host = options.get_host();
+    host.starts_with('/')
+        || matches!(host, "localhost" | "::1" | "[::1]")
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// The server fresh databases live on: `TEST_DATABASE_URL`, else the
@@ -417,56 +443,72 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_finished_processs_databases_are_swept_and_a_running_ones_kept() {
+    async fn a_sweep_drops_only_old_databases_of_ended_processes_with_no_session() {
         let admin = admin_url().await.expect("admin url");
+        let base = admin.rsplit_once('/').expect("base").0.to_owned();
         // Above the kernel's largest process id: no process can have it.
         let pid_max: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
             .expect("pid_max")
             .trim()
             .parse()
             .expect("pid_max is a number");
+        let ended = pid_max + 1;
+        let now = unix_seconds();
+        let old = now - KEEP_FINISHED.as_secs() - 1;
         // This process's own sweep runs first, at its first fresh database.
         let running = fresh_database().await.expect("fresh database");
         let running = running.rsplit_once('/').expect("name").1.to_owned();
-        let finished = unique_name(&format!("{PREFIX}_{}", pid_max + 1));
+        let swept = unique_name(&format!("{PREFIX}_{ended}_{old}"));
+        let recent = unique_name(&format!("{PREFIX}_{ended}_{now}"));
+        let in_use = unique_name(&format!("{PREFIX}_{ended}_{old}"));
         let mut conn = PgConnection::connect(&admin).await.expect("admin");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {finished}")))
-            .execute(&mut conn)
-            .await
-            .expect("create");
-        if on_loopback(&admin) {
-            drop_finished(&admin).await.expect("sweep");
-            assert!(!exists(&finished).await, "{finished} was not swept");
-        } else {
-            // Not swept off this machine's loopback; clean up by hand.
-            drop_database(&format!(
-                "{}/{finished}",
-                admin.rsplit_once('/').expect("base").0
-            ))
-            .await
-            .expect("drop");
+        for name in [&swept, &recent, &in_use] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut conn)
+                .await
+                .expect("create");
         }
+        let session = PgConnection::connect(&format!("{base}/{in_use}"))
+            .await
+            .expect("a session on one of them");
+        drop_finished(&admin, now).await.expect("sweep");
+        assert!(!exists(&swept).await, "{swept} was not swept");
+        assert!(exists(&recent).await, "{recent} is younger than an hour");
+        assert!(exists(&in_use).await, "{in_use} has a session open");
         assert!(
             exists(&running).await,
             "{running} (this process's) was swept"
         );
+        session.close().await.expect("close");
+        for name in [&recent, &in_use] {
+            drop_database(&format!("{base}/{name}"))
+                .await
+                .expect("drop");
+        }
     }
 
     #[test]
-    fn the_creator_is_read_from_the_name_and_only_loopback_servers_are_swept() {
-        assert_eq!(creator("mangahub_test_4242_00ff00ff00ff00ff"), Some(4242));
-        assert_eq!(
-            creator("mangahub_test_00ff00ff00ff00ff"),
-            None,
-            "no id: left alone"
-        );
-        assert_eq!(creator("mangahub_test_4242_"), None);
-        assert_eq!(creator("other_4242_00ff"), None);
-        assert!(on_loopback("postgres://root@127.0.0.1:5432/postgres"));
-        assert!(on_loopback("postgres://localhost/postgres"));
-        assert!(on_loopback("postgres://u:p@[::1]:5432/postgres"));
-        assert!(!on_loopback("postgres://root@db.example:5432/postgres"));
-        assert!(!on_loopback("postgres://127.0.0.1.example/postgres"));
+    fn the_creator_is_read_from_the_name_and_only_local_servers_are_swept() {
+        let name = "mangahub_test_4242_1764950000_00ff00ff00ff00ff";
+        assert_eq!(creator(name), Some((4242, 1_764_950_000)));
+        for other in [
+            "mangahub_test_00ff00ff00ff00ff",
+            "mangahub_test_4242_00ff00ff00ff00ff",
+            "mangahub_test_4242_1764950000_",
+            "mangahub_test_+4242_1764950000_00ff00ff00ff00ff",
+            "mangahub_test_4242_1764950000_00ff00ff00ff00ff_x",
+            "mangahub_test_4242_1764950000_00ff00ff00ff00fg",
+            "other_4242_1764950000_00ff00ff00ff00ff",
+        ] {
+            assert_eq!(creator(other), None, "{other}");
+        }
+        assert!(is_local("postgres://root@127.0.0.1:5432/postgres"));
+        assert!(is_local("postgres://localhost/postgres"));
+        assert!(is_local("postgres://u:p@[::1]:5432/postgres"));
+        assert!(is_local("postgres:///postgres?host=/var/run/postgresql"));
+        assert!(!is_local("postgres://root@db.example:5432/postgres"));
+        assert!(!is_local("postgres://localhost/postgres?host=db.example"));
+        assert!(!is_local("postgres://127.0.0.1.example/postgres"));
     }
 
     #[tokio::test]
