@@ -1,6 +1,6 @@
-//! What both services share to run in production: the allocator, the admin
-//! HTTP port, the shutdown signal, log setup, retry backoff, and settings
-//! whose values must never be printed.
+//! What the services share to run in production: the allocator (every
+//! binary's, `mangahub` included), the admin HTTP port, the shutdown signal,
+//! log setup, retry backoff, and settings whose values must never be printed.
 
 mod admin;
 mod allocator;
