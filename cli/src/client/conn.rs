@@ -1,10 +1,11 @@
 //! The CLI's one connection to the gateway (contract §5): connect (to the
 //! first of several addresses that accepts), authenticate, send a message,
 //! read a message, over either transport (`transport`: `host:port` is JSON
-//! lines over TCP, `ws://host:port/ws` is WebSocket). `Session` builds
-//! requests and events on it; the benches use it as it is, reading each
-//! message in place.
+//! lines over TCP, `ws://host:port/ws` is WebSocket; `tls://` and `wss://`
+//! the same over TLS, `tls`). `Session` builds requests and events on it;
+//! the benches use it as it is, reading each message in place.
 
+mod tls;
 mod transport;
 mod websocket;
 
@@ -14,6 +15,7 @@ use anyhow::{Context, bail};
 use serde::Deserialize;
 use tokio::net::TcpStream;
 
+pub use tls::trust;
 use transport::Transport;
 pub use transport::{WS_PATH, over_websocket};
 

@@ -22,11 +22,16 @@ const DEFAULT_WS_ADDR: &str = "127.0.0.1:8082";
 #[derive(Debug, Args)]
 pub struct ClientArgs {
     /// Gateway address: host:port (JSON lines over TCP) or
-    /// ws://host:port/ws (WebSocket); several, comma-separated, are tried in
+    /// ws://host:port/ws (WebSocket), tls://host:port or wss://host:port/ws
+    /// for the same over TLS; several, comma-separated, are tried in
     /// order (the first that accepts the connection is used). Default
     /// 127.0.0.1:8081, with --ws 127.0.0.1:8082 (the WebSocket port).
     #[arg(long, env = "MANGAHUB_ADDR", global = true)]
     pub addr: Option<String>,
+    /// For tls:// and wss:// addresses: the CA certificates (PEM) the
+    /// gateway's certificate must chain to. Default: the system's bundle.
+    #[arg(long, env = "MANGAHUB_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Use WebSocket: host:port addresses mean ws://host:port/ws.
     #[arg(long, global = true)]
     pub ws: bool,
@@ -130,6 +135,9 @@ pub async fn run(args: ClientArgs) -> anyhow::Result<()> {
         (None, false) => DEFAULT_ADDR.to_owned(),
         (None, true) => conn::over_websocket(DEFAULT_WS_ADDR),
     };
+    if let Some(ca_cert) = &args.ca_cert {
+        conn::trust(ca_cert.clone());
+    }
     let mut session = Session::connect(&addr, &token, args.device.as_deref()).await?;
     let json = args.json;
     let command = args.command.unwrap_or(ClientCommand::Shell);

@@ -14,6 +14,7 @@ pub fn mangahub() -> Command {
     cmd.env_remove("JWT_SECRET")
         .env_remove("MANGAHUB_TOKEN")
         .env_remove("MANGAHUB_ADDR")
+        .env_remove("MANGAHUB_CA_CERT")
         .kill_on_drop(true);
     cmd
 }

@@ -6,4 +6,5 @@ mod dev;
 mod helpers;
 mod shell;
 mod sync;
+mod tls;
 mod token;

@@ -1,13 +1,14 @@
 //! The two framings of the gateway's messages (contract §5, §6): JSON lines
 //! over TCP at `host:port`, one message per WebSocket text frame at
-//! `ws://host:port/ws`. Which transport an address names is decided here
+//! `ws://host:port/ws`; each over TLS too (`tls://host:port`,
+//! `wss://host:port/ws`). Which transport an address names is decided here
 //! only; everything above reads and writes whole messages.
 
 use anyhow::bail;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
+use super::tls::{self, ReadIo, WriteIo};
 use super::websocket::WebSocket;
 
 /// Where the gateway's WebSocket port upgrades (`--ws` appends it).
@@ -16,32 +17,51 @@ pub const WS_PATH: &str = "/ws";
 /// One gateway address and the transport it names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint<'a> {
-    /// `host:port`: JSON lines over TCP.
-    Lines(&'a str),
-    /// `ws://host:port/path`: the URL, and the `host:port` in it.
-    WebSocket { url: &'a str, host: &'a str },
+    /// `host:port` (or `tls://host:port`): JSON lines over TCP.
+    Lines { host: &'a str, tls: bool },
+    /// `ws://host:port/path` (or `wss://`): the URL, and the `host:port` in it.
+    WebSocket {
+        url: &'a str,
+        host: &'a str,
+        tls: bool,
+    },
 }
 
 impl<'a> Endpoint<'a> {
     pub fn parse(addr: &'a str) -> anyhow::Result<Self> {
-        match addr.split_once("://") {
-            None => Ok(Self::Lines(addr)),
-            Some(("ws", rest)) => match rest.split(['/', '?', '#']).next() {
-                Some(host) if !host.is_empty() => Ok(Self::WebSocket { url: addr, host }),
-                _ => bail!("{addr}: no host:port in the URL"),
-            },
-            Some(("wss", _)) => bail!("{addr}: this client has no TLS (wss://) yet; use ws://"),
-            Some((scheme, _)) => {
-                bail!(
-                    "{addr}: unknown scheme {scheme}:// (give host:port for TCP, ws://host:port/ws for WebSocket)"
-                )
-            }
+        let Some((scheme, rest)) = addr.split_once("://") else {
+            return Ok(Self::Lines {
+                host: addr,
+                tls: false,
+            });
+        };
+        let host = match rest.split(['/', '?', '#']).next() {
+            Some(host) if !host.is_empty() => host,
+            _ => bail!("{addr}: no host:port in the URL"),
+        };
+        match scheme {
+            "tls" if host.len() == rest.len() => Ok(Self::Lines { host, tls: true }),
+            "tls" => bail!("{addr}: a tls:// address is host:port, with no path"),
+            "ws" | "wss" => Ok(Self::WebSocket {
+                url: addr,
+                host,
+                tls: scheme == "wss",
+            }),
+            _ => bail!(
+                "{addr}: unknown scheme {scheme}:// (give host:port for TCP, ws://host:port/ws for WebSocket; tls:// and wss:// for either over TLS)"
+            ),
         }
     }
 
     fn host(self) -> &'a str {
         match self {
-            Self::Lines(host) | Self::WebSocket { host, .. } => host,
+            Self::Lines { host, .. } | Self::WebSocket { host, .. } => host,
+        }
+    }
+
+    fn tls(self) -> bool {
+        match self {
+            Self::Lines { tls, .. } | Self::WebSocket { tls, .. } => tls,
         }
     }
 }
@@ -67,8 +87,8 @@ pub fn over_websocket(addrs: &str) -> String {
 /// A connected socket with its framing.
 pub enum Transport {
     Lines {
-        reader: BufReader<OwnedReadHalf>,
-        writer: OwnedWriteHalf,
+        reader: BufReader<ReadIo>,
+        writer: WriteIo,
         /// A read was cut off (by its caller's timeout) mid-line.
         partial: bool,
     },
@@ -82,17 +102,15 @@ impl Transport {
     pub async fn connect(endpoint: Endpoint<'_>, read_buffer: usize) -> anyhow::Result<Self> {
         let stream = TcpStream::connect(endpoint.host()).await?;
         stream.set_nodelay(true)?;
+        let (read, writer) = tls::halves(stream, endpoint.host(), endpoint.tls()).await?;
         match endpoint {
-            Endpoint::Lines(_) => {
-                let (read, writer) = stream.into_split();
-                Ok(Self::Lines {
-                    reader: BufReader::with_capacity(read_buffer, read),
-                    writer,
-                    partial: false,
-                })
-            }
+            Endpoint::Lines { .. } => Ok(Self::Lines {
+                reader: BufReader::with_capacity(read_buffer, read),
+                writer,
+                partial: false,
+            }),
             Endpoint::WebSocket { url, .. } => Ok(Self::WebSocket(
-                WebSocket::connect(url, stream, read_buffer).await?,
+                WebSocket::connect(url, read, writer, read_buffer).await?,
             )),
         }
     }
@@ -133,14 +151,18 @@ impl Transport {
         }
     }
 
-    /// The bare TCP socket of a lines connection with nothing buffered.
+    /// The bare TCP socket of a lines connection without TLS, with nothing
+    /// buffered.
     pub fn into_tcp(self) -> anyhow::Result<TcpStream> {
         match self {
             Self::Lines { reader, writer, .. } => {
                 if !reader.buffer().is_empty() {
                     bail!("unexpected bytes after the auth reply");
                 }
-                Ok(reader.into_inner().reunite(writer)?)
+                match (reader.into_inner(), writer) {
+                    (ReadIo::Plain(read), WriteIo::Plain(write)) => Ok(read.reunite(write)?),
+                    _ => bail!("a TLS connection has no bare socket: its session state is in it"),
+                }
             }
             Self::WebSocket(_) => {
                 bail!(
@@ -177,16 +199,36 @@ mod tests {
     fn an_address_names_its_transport() {
         assert_eq!(
             Endpoint::parse("127.0.0.1:8081").ok(),
-            Some(Endpoint::Lines("127.0.0.1:8081"))
+            Some(Endpoint::Lines {
+                host: "127.0.0.1:8081",
+                tls: false
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("tls://gateway.example:8081").ok(),
+            Some(Endpoint::Lines {
+                host: "gateway.example:8081",
+                tls: true
+            })
         );
         assert_eq!(
             Endpoint::parse("ws://[::1]:8082/ws").ok(),
             Some(Endpoint::WebSocket {
                 url: "ws://[::1]:8082/ws",
-                host: "[::1]:8082"
+                host: "[::1]:8082",
+                tls: false
+            })
+        );
+        assert_eq!(
+            Endpoint::parse("wss://gateway.example:8082/ws").ok(),
+            Some(Endpoint::WebSocket {
+                url: "wss://gateway.example:8082/ws",
+                host: "gateway.example:8082",
+                tls: true
             })
         );
         assert!(Endpoint::parse("ws:///ws").is_err());
+        assert!(Endpoint::parse("tls://gateway:8081/ws").is_err());
         assert!(Endpoint::parse("http://gateway:8082").is_err());
     }
 

@@ -10,20 +10,20 @@ use std::io::Cursor;
 use anyhow::{Context, bail};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::handshake::client::generate_request;
 use tungstenite::handshake::derive_accept_key;
 use tungstenite::protocol::frame::coding::{Control, Data, OpCode};
 use tungstenite::protocol::frame::{Frame, FrameHeader};
 
+use super::tls::{ReadIo, WriteIo};
+
 /// A response head longer than this is not a gateway's.
 const MAX_HEAD: usize = 8 * 1024;
 
 pub struct WebSocket {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    reader: ReadIo,
+    writer: WriteIo,
     buf: BytesMut,
     read_size: usize,
     /// The text of a fragmented message so far.
@@ -31,11 +31,16 @@ pub struct WebSocket {
 }
 
 impl WebSocket {
-    /// Upgrades `stream` to a WebSocket at `url`.
-    pub async fn connect(url: &str, stream: TcpStream, read_size: usize) -> anyhow::Result<Self> {
+    /// Upgrades the connection of `reader` and `writer` to a WebSocket at
+    /// `url`.
+    pub async fn connect(
+        url: &str,
+        reader: ReadIo,
+        mut writer: WriteIo,
+        read_size: usize,
+    ) -> anyhow::Result<Self> {
         let request = url.into_client_request()?;
         let (head, key) = generate_request(request)?;
-        let (reader, mut writer) = stream.into_split();
         writer.write_all(&head).await?;
         let mut ws = Self {
             reader,

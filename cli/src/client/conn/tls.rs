@@ -1,0 +1,161 @@
+//! TLS to the gateway, for `tls://host:port` (JSON lines) and
+//! `wss://host:port/ws` addresses: rustls, the library the gateway serves TLS
+//! with, checking the gateway's certificate against the CA certificates of
+//! `--ca-cert` (a PEM file), else the system's bundle. Everything else about
+//! a connection is the same as without TLS.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+
+use anyhow::Context as _;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+
+/// Where the system keeps its CA bundle (Debian and Alpine, Fedora and RHEL,
+/// and the name some others link).
+const SYSTEM_BUNDLES: [&str; 3] = [
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+/// The `--ca-cert` of this process's `client` command, set once before it
+/// connects.
+static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
+
+/// Trust the CA certificates in `file` (PEM) instead of the system's.
+pub fn trust(file: PathBuf) {
+    let _ = CA_FILE.set(file);
+}
+
+/// The read half of a connection, with or without TLS.
+pub enum ReadIo {
+    Plain(OwnedReadHalf),
+    Tls(ReadHalf<TlsStream<TcpStream>>),
+}
+
+/// The write half of a connection, with or without TLS.
+pub enum WriteIo {
+    Plain(OwnedWriteHalf),
+    Tls(WriteHalf<TlsStream<TcpStream>>),
+}
+
+/// `stream`'s halves: as they are, or over TLS with `host` (`host:port`) as
+/// the name its certificate must carry.
+pub async fn halves(stream: TcpStream, host: &str, tls: bool) -> anyhow::Result<(ReadIo, WriteIo)> {
+    if !tls {
+        let (read, write) = stream.into_split();
+        return Ok((ReadIo::Plain(read), WriteIo::Plain(write)));
+    }
+    let name = ServerName::try_from(server_name(host).to_owned())
+        .with_context(|| format!("{host}: not a name a certificate can carry"))?;
+    let stream = TlsConnector::from(Arc::new(config()?))
+        .connect(name, stream)
+        .await
+        .context("TLS handshake with the gateway")?;
+    let (read, write) = tokio::io::split(stream);
+    Ok((ReadIo::Tls(read), WriteIo::Tls(write)))
+}
+
+fn config() -> anyhow::Result<ClientConfig> {
+    let file = match CA_FILE.get() {
+        Some(file) => file.clone(),
+        None => SYSTEM_BUNDLES
+            .iter()
+            .map(PathBuf::from)
+            .find(|path| path.is_file())
+            .context(
+                "no CA certificates to check the gateway's certificate with: give --ca-cert <PEM file>",
+            )?,
+    };
+    let roots = roots(&file)?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+fn roots(file: &Path) -> anyhow::Result<RootCertStore> {
+    let certs = CertificateDer::pem_file_iter(file)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("reading CA certificates from {}", file.display()))?;
+    let mut roots = RootCertStore::empty();
+    // A system bundle may hold certificates rustls cannot use; skip those.
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        anyhow::bail!("{}: no CA certificate in it", file.display());
+    }
+    Ok(roots)
+}
+
+/// The host of `host:port` (`[v6]:port` too), as the certificate names it.
+fn server_name(host: &str) -> &str {
+    match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    }
+}
+
+impl AsyncRead for ReadIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(read) => Pin::new(read).poll_read(cx, buf),
+            Self::Tls(read) => Pin::new(read).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(write) => Pin::new(write).poll_write(cx, buf),
+            Self::Tls(write) => Pin::new(write).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(write) => Pin::new(write).poll_flush(cx),
+            Self::Tls(write) => Pin::new(write).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(write) => Pin::new(write).poll_shutdown(cx),
+            Self::Tls(write) => Pin::new(write).poll_shutdown(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_certificate_name_is_the_host_without_its_port() {
+        assert_eq!(server_name("gateway.example:8081"), "gateway.example");
+        assert_eq!(server_name("localhost:8081"), "localhost");
+        assert_eq!(server_name("[::1]:8082"), "::1");
+        assert_eq!(server_name("gateway.example"), "gateway.example");
+    }
+}
