@@ -83,16 +83,20 @@ where
             }
             Ok(None) => {}
             // Only a complete head gets here (tungstenite checks the method
-            // after parsing it all).
+            // after parsing it all, before the version).
             Err(WsError::Protocol(ProtocolError::WrongHttpMethod)) => {
-                return match head_request_path(&buf) {
-                    Some("/" | "/index.html") => {
-                        answer_head(stream, "200 OK", PAGE_HEADERS, PAGE.len()).await
-                    }
-                    // What `GET` would get, less the body: `/ws` upgrades
-                    // only a `GET`.
-                    Some("/ws") => answer_head(stream, "400 Bad Request", TEXT_HEADERS, 0).await,
-                    Some(_) => answer_head(stream, "404 Not Found", TEXT_HEADERS, 0).await,
+                return match head_request(&buf) {
+                    Some(Ok(path)) => match path.as_str() {
+                        "/" | "/index.html" => {
+                            respond(stream, "200 OK", PAGE_HEADERS, PAGE, Body::Omit).await?;
+                            Ok(Handshake::Answered)
+                        }
+                        // `/ws` upgrades only a `GET`.
+                        "/ws" => answer(stream, "400 Bad Request", "", Body::Omit).await,
+                        _ => answer(stream, "404 Not Found", "", Body::Omit).await,
+                    },
+                    // What a `GET` like it gets: not HTTP/1.1, or no URI.
+                    Some(Err(())) => answer(stream, "400 Bad Request", "", Body::Omit).await,
                     None => refuse(stream, "405 Method Not Allowed", "Allow: GET, HEAD\r\n").await,
                 };
             }
@@ -114,7 +118,7 @@ where
     };
     match request.uri().path() {
         "/" | "/index.html" => {
-            respond(stream, "200 OK", PAGE_HEADERS, PAGE).await?;
+            respond(stream, "200 OK", PAGE_HEADERS, PAGE, Body::Send).await?;
             Ok(Handshake::Answered)
         }
         "/ws" => {
@@ -159,17 +163,33 @@ const PAGE_HEADERS: &str = "Content-Type: text/html; charset=utf-8\r\n\
 
 const TEXT_HEADERS: &str = "Content-Type: text/plain; charset=utf-8\r\n";
 
-/// The path of a complete `HEAD` request head, `None` for another method
-/// (monitors and link checkers ask for the page with `HEAD`).
-fn head_request_path(buf: &[u8]) -> Option<&str> {
+/// Whether an answer carries its body: not for `HEAD`, which gets the same
+/// headers (`Content-Length` included) and no body (RFC 9110 §9.3.2).
+#[derive(Clone, Copy)]
+enum Body {
+    Send,
+    Omit,
+}
+
+/// For a complete `HEAD` request head, the path of its target, or `Err` when
+/// a `GET` like it would be refused as bad (not HTTP/1.1, no URI); `None`
+/// for another method. Monitors and link checkers ask for the page with
+/// `HEAD`.
+fn head_request(buf: &[u8]) -> Option<Result<String, ()>> {
     // As many as tungstenite parsed the head with.
     let mut headers = [httparse::EMPTY_HEADER; tungstenite::handshake::headers::MAX_HEADERS];
     let mut request = httparse::Request::new(&mut headers);
     request.parse(buf).ok()?;
-    match request.method? {
-        "HEAD" => request.path,
-        _ => None,
+    if request.method? != "HEAD" {
+        return None;
     }
+    let uri = request
+        .path
+        .and_then(|target| target.parse::<tungstenite::http::Uri>().ok());
+    Some(match (request.version, uri) {
+        (Some(1), Some(uri)) => Ok(uri.path().to_owned()),
+        _ => Err(()),
+    })
 }
 
 /// An HTTP error with its status line as the body.
@@ -177,42 +197,42 @@ async fn refuse<S>(stream: &mut S, status: &str, headers: &str) -> std::io::Resu
 where
     S: AsyncWrite + Unpin,
 {
-    let body = format!("{status}\n");
-    let headers = format!("{TEXT_HEADERS}{headers}");
-    respond(stream, status, &headers, &body).await?;
-    Ok(Handshake::Answered)
+    answer(stream, status, headers, Body::Send).await
 }
 
-/// The answer to a `HEAD`: the headers `GET` would get, no body.
-async fn answer_head<S>(
+/// [`refuse`], with or without its body.
+async fn answer<S>(
     stream: &mut S,
     status: &str,
     headers: &str,
-    length: usize,
+    body: Body,
 ) -> std::io::Result<Handshake>
 where
     S: AsyncWrite + Unpin,
 {
-    write_and_close(stream, &response_head(status, headers, length)).await?;
+    let text = format!("{status}\n");
+    let headers = format!("{TEXT_HEADERS}{headers}");
+    respond(stream, status, &headers, &text, body).await?;
     Ok(Handshake::Answered)
 }
 
-async fn respond<S>(stream: &mut S, status: &str, headers: &str, body: &str) -> std::io::Result<()>
+async fn respond<S>(
+    stream: &mut S,
+    status: &str,
+    headers: &str,
+    content: &str,
+    body: Body,
+) -> std::io::Result<()>
 where
     S: AsyncWrite + Unpin,
 {
-    let response = response_head(status, headers, body.len()) + body;
-    write_and_close(stream, &response).await
-}
-
-fn response_head(status: &str, headers: &str, length: usize) -> String {
-    format!("HTTP/1.1 {status}\r\n{headers}Content-Length: {length}\r\nConnection: close\r\n\r\n")
-}
-
-async fn write_and_close<S>(stream: &mut S, response: &str) -> std::io::Result<()>
-where
-    S: AsyncWrite + Unpin,
-{
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\n{headers}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        content.len()
+    );
+    if let Body::Send = body {
+        response.push_str(content);
+    }
     stream.write_all(response.as_bytes()).await?;
     stream.flush().await?;
     stream.shutdown().await

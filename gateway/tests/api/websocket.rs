@@ -71,19 +71,26 @@ async fn a_head_request_gets_what_a_get_would_without_the_body() {
         page.len()
     );
     assert!(body.is_empty(), "a HEAD answer has no body: {body:?}");
-    for (path, status) in [
-        ("/nothing-here", "404 Not Found"),
-        ("/ws", "400 Bad Request"),
+    // The same route as a GET's (the query is not part of the path).
+    let query = raw_http_response(addr, "HEAD /?token=x HTTP/1.1\r\nHost: gw\r\n\r\n").await;
+    assert!(query.starts_with("HTTP/1.1 200 OK\r\n"), "{query}");
+    for (request, status) in [
+        ("HEAD /nothing-here HTTP/1.1", "404 Not Found"),
+        ("HEAD /ws HTTP/1.1", "400 Bad Request"),
+        ("HEAD / HTTP/1.0", "400 Bad Request"),
     ] {
-        let response =
-            raw_http_response(addr, &format!("HEAD {path} HTTP/1.1\r\nHost: gw\r\n\r\n")).await;
+        let response = raw_http_response(addr, &format!("{request}\r\nHost: gw\r\n\r\n")).await;
+        // A GET's error body is its status line.
+        let length = format!("{status}\n").len();
         assert!(
             response.starts_with(&format!("HTTP/1.1 {status}\r\n")),
-            "HEAD {path}: {response}"
+            "{request}: {response}"
         );
         assert!(
-            response.ends_with("\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
-            "HEAD {path} has no body: {response:?}"
+            response.ends_with(&format!(
+                "\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n"
+            )),
+            "{request}: the GET's length and no body: {response:?}"
         );
     }
 }
