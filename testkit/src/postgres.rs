@@ -90,20 +90,21 @@ async fn sweep_finished(admin: &str) {
     if !is_local(admin) || !Path::new("/proc/self").exists() {
         return;
     }
-    if let Err(err) = drop_finished(admin, unix_seconds()).await {
+    if let Err(err) = drop_finished(admin, PREFIX, unix_seconds()).await {
         eprintln!("testkit: sweeping finished test databases on {admin}: {err:#}");
     }
 }
 
-async fn drop_finished(admin: &str, now: u64) -> anyhow::Result<()> {
+/// The sweep of the databases named `<prefix>_<pid>_<time>_<random>`.
+async fn drop_finished(admin: &str, prefix: &str, now: u64) -> anyhow::Result<()> {
     let mut conn = PgConnection::connect(admin).await?;
     let names: Vec<String> =
         sqlx::query_scalar("SELECT datname FROM pg_database WHERE starts_with(datname, $1)")
-            .bind(format!("{PREFIX}_"))
+            .bind(format!("{prefix}_"))
             .fetch_all(&mut conn)
             .await?;
     for name in names {
-        let Some((pid, created)) = creator(&name) else {
+        let Some((pid, created)) = creator(prefix, &name) else {
             continue;
         };
         if now.saturating_sub(created) < KEEP_FINISHED.as_secs()
@@ -124,9 +125,9 @@ async fn drop_finished(admin: &str, now: u64) -> anyhow::Result<()> {
 }
 
 /// The creating process's id and the creation time in a fresh database's
-/// name (`mangahub_test_<pid>_<unix seconds>_<16 hex digits>`).
-fn creator(name: &str) -> Option<(u32, u64)> {
-    let mut parts = name.strip_prefix(PREFIX)?.strip_prefix('_')?.split('_');
+/// name (`<prefix>_<pid>_<unix seconds>_<16 hex digits>`).
+fn creator(prefix: &str, name: &str) -> Option<(u32, u64)> {
+    let mut parts = name.strip_prefix(prefix)?.strip_prefix('_')?.split('_');
     let (pid, created, random) = (parts.next()?, parts.next()?, parts.next()?);
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
     let hex = random.len() == 16 && random.bytes().all(|b| b.is_ascii_hexdigit());
@@ -455,23 +456,26 @@ mod tests {
         let ended = pid_max + 1;
         let now = unix_seconds();
         let old = now - KEEP_FINISHED.as_secs() - 1;
-        // This process's own sweep runs first, at its first fresh database.
-        let running = fresh_database().await.expect("fresh database");
-        let running = running.rsplit_once('/').expect("name").1.to_owned();
-        let swept = unique_name(&format!("{PREFIX}_{ended}_{old}"));
-        let recent = unique_name(&format!("{PREFIX}_{ended}_{now}"));
-        let in_use = unique_name(&format!("{PREFIX}_{ended}_{old}"));
+        // A prefix of this test's own: other processes' sweeps (of
+        // `mangahub_test_…`) leave these alone, and this one touches no other.
+        // (Short: Postgres cuts names at 63 bytes.)
+        let prefix = unique_name("mh_sweep");
+        let swept = unique_name(&format!("{prefix}_{ended}_{old}"));
+        let recent = unique_name(&format!("{prefix}_{ended}_{now}"));
+        let in_use = unique_name(&format!("{prefix}_{ended}_{old}"));
+        let running = unique_name(&format!("{prefix}_{}_{old}", std::process::id()));
         let mut conn = PgConnection::connect(&admin).await.expect("admin");
-        for name in [&swept, &recent, &in_use] {
+        for name in [&swept, &recent, &in_use, &running] {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
                 .execute(&mut conn)
                 .await
                 .expect("create");
+            assert!(exists(name).await, "{name} was not created whole");
         }
         let session = PgConnection::connect(&format!("{base}/{in_use}"))
             .await
             .expect("a session on one of them");
-        drop_finished(&admin, now).await.expect("sweep");
+        drop_finished(&admin, &prefix, now).await.expect("sweep");
         assert!(!exists(&swept).await, "{swept} was not swept");
         assert!(exists(&recent).await, "{recent} is younger than an hour");
         assert!(exists(&in_use).await, "{in_use} has a session open");
@@ -480,8 +484,9 @@ mod tests {
             "{running} (this process's) was swept"
         );
         session.close().await.expect("close");
-        for name in [&recent, &in_use] {
-            drop_database(&format!("{base}/{name}"))
+        for name in [&recent, &in_use, &running] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name}")))
+                .execute(&mut conn)
                 .await
                 .expect("drop");
         }
@@ -490,7 +495,7 @@ mod tests {
     #[test]
     fn the_creator_is_read_from_the_name_and_only_local_servers_are_swept() {
         let name = "mangahub_test_4242_1764950000_00ff00ff00ff00ff";
-        assert_eq!(creator(name), Some((4242, 1_764_950_000)));
+        assert_eq!(creator(PREFIX, name), Some((4242, 1_764_950_000)));
         for other in [
             "mangahub_test_00ff00ff00ff00ff",
             "mangahub_test_4242_00ff00ff00ff00ff",
@@ -500,7 +505,7 @@ mod tests {
             "mangahub_test_4242_1764950000_00ff00ff00ff00fg",
             "other_4242_1764950000_00ff00ff00ff00ff",
         ] {
-            assert_eq!(creator(other), None, "{other}");
+            assert_eq!(creator(PREFIX, other), None, "{other}");
         }
         assert!(is_local("postgres://root@127.0.0.1:5432/postgres"));
         assert!(is_local("postgres://localhost/postgres"));

@@ -29,7 +29,7 @@ const SYSTEM_BUNDLES: [&str; 3] = [
 ];
 
 /// The `--ca-cert` of this process's `client` command, set once before it
-/// connects.
+/// connects (the benches' connections use the system's bundle).
 static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
 
 /// Trust the CA certificates in `file` (PEM) instead of the system's.
@@ -58,15 +58,29 @@ pub async fn halves(stream: TcpStream, host: &str, tls: bool) -> anyhow::Result<
     }
     let name = ServerName::try_from(server_name(host).to_owned())
         .with_context(|| format!("{host}: not a name a certificate can carry"))?;
-    let stream = TlsConnector::from(Arc::new(config()?))
+    let stream = TlsConnector::from(config()?)
         .connect(name, stream)
         .await
-        .context("TLS handshake with the gateway")?;
+        .context("TLS handshake with the gateway (is this port serving TLS?)")?;
     let (read, write) = tokio::io::split(stream);
     Ok((ReadIo::Tls(read), WriteIo::Tls(write)))
 }
 
-fn config() -> anyhow::Result<ClientConfig> {
+/// The client configuration, built at the first TLS connection and shared
+/// by the rest (so they may resume its sessions).
+fn config() -> anyhow::Result<Arc<ClientConfig>> {
+    static CONFIG: OnceLock<Result<Arc<ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            build_config()
+                .map(Arc::new)
+                .map_err(|err| format!("{err:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+fn build_config() -> anyhow::Result<ClientConfig> {
     let file = match CA_FILE.get() {
         Some(file) => file.clone(),
         None => SYSTEM_BUNDLES

@@ -67,14 +67,17 @@ impl<'a> Endpoint<'a> {
 }
 
 /// `--ws`: each `host:port` of a comma-separated list becomes
-/// `ws://host:port/ws`; URLs stay as given.
+/// `ws://host:port/ws`, each `tls://host:port` `wss://host:port/ws`; other
+/// URLs stay as given.
 pub fn over_websocket(addrs: &str) -> String {
     addrs
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .map(|a| {
-            if a.contains("://") {
+            if let Some(host) = a.strip_prefix("tls://") {
+                format!("wss://{host}{WS_PATH}")
+            } else if a.contains("://") {
                 a.to_owned()
             } else {
                 format!("ws://{a}{WS_PATH}")
@@ -235,8 +238,8 @@ mod tests {
     #[test]
     fn ws_turns_host_ports_into_websocket_urls() {
         assert_eq!(
-            over_websocket("a:8082, ws://b:9/other,"),
-            "ws://a:8082/ws,ws://b:9/other"
+            over_websocket("a:8082, ws://b:9/other,tls://c:8082,wss://d:1/ws"),
+            "ws://a:8082/ws,ws://b:9/other,wss://c:8082/ws,wss://d:1/ws"
         );
     }
 }
