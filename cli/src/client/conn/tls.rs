@@ -4,14 +4,11 @@
 //! `--ca-cert` (a PEM file), else the system's bundle. Everything else about
 //! a connection is the same as without TLS.
 
-use std::io;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
-use std::task::{Context, Poll};
 
 use anyhow::Context as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio_rustls::TlsConnector;
@@ -19,6 +16,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_util::either::Either;
 
 /// Where the system keeps its CA bundle (Debian and Alpine, Fedora and RHEL,
 /// and the name some others link).
@@ -37,24 +35,18 @@ pub fn trust(file: PathBuf) {
     let _ = CA_FILE.set(file);
 }
 
-/// The read half of a connection, with or without TLS.
-pub enum ReadIo {
-    Plain(OwnedReadHalf),
-    Tls(ReadHalf<TlsStream<TcpStream>>),
-}
+/// The read half of a connection: without TLS (`Left`) or with it.
+pub type ReadIo = Either<OwnedReadHalf, ReadHalf<TlsStream<TcpStream>>>;
 
-/// The write half of a connection, with or without TLS.
-pub enum WriteIo {
-    Plain(OwnedWriteHalf),
-    Tls(WriteHalf<TlsStream<TcpStream>>),
-}
+/// The write half of a connection: without TLS (`Left`) or with it.
+pub type WriteIo = Either<OwnedWriteHalf, WriteHalf<TlsStream<TcpStream>>>;
 
 /// `stream`'s halves: as they are, or over TLS with `host` (`host:port`) as
 /// the name its certificate must carry.
 pub async fn halves(stream: TcpStream, host: &str, tls: bool) -> anyhow::Result<(ReadIo, WriteIo)> {
     if !tls {
         let (read, write) = stream.into_split();
-        return Ok((ReadIo::Plain(read), WriteIo::Plain(write)));
+        return Ok((Either::Left(read), Either::Left(write)));
     }
     let name = ServerName::try_from(server_name(host).to_owned())
         .with_context(|| format!("{host}: not a name a certificate can carry"))?;
@@ -63,7 +55,7 @@ pub async fn halves(stream: TcpStream, host: &str, tls: bool) -> anyhow::Result<
         .await
         .context("TLS handshake with the gateway (is this port serving TLS?)")?;
     let (read, write) = tokio::io::split(stream);
-    Ok((ReadIo::Tls(read), WriteIo::Tls(write)))
+    Ok((Either::Right(read), Either::Right(write)))
 }
 
 /// The client configuration, built at the first TLS connection and shared
@@ -118,46 +110,6 @@ fn server_name(host: &str) -> &str {
     match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    }
-}
-
-impl AsyncRead for ReadIo {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(read) => Pin::new(read).poll_read(cx, buf),
-            Self::Tls(read) => Pin::new(read).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for WriteIo {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Self::Plain(write) => Pin::new(write).poll_write(cx, buf),
-            Self::Tls(write) => Pin::new(write).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(write) => Pin::new(write).poll_flush(cx),
-            Self::Tls(write) => Pin::new(write).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Self::Plain(write) => Pin::new(write).poll_shutdown(cx),
-            Self::Tls(write) => Pin::new(write).poll_shutdown(cx),
-        }
     }
 }
 

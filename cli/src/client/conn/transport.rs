@@ -8,6 +8,8 @@ use anyhow::bail;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use tokio_util::either::Either;
+
 use super::tls::{self, ReadIo, WriteIo};
 use super::websocket::WebSocket;
 
@@ -163,7 +165,7 @@ impl Transport {
                     bail!("unexpected bytes after the auth reply");
                 }
                 match (reader.into_inner(), writer) {
-                    (ReadIo::Plain(read), WriteIo::Plain(write)) => Ok(read.reunite(write)?),
+                    (Either::Left(read), Either::Left(write)) => Ok(read.reunite(write)?),
                     _ => bail!("a TLS connection has no bare socket: its session state is in it"),
                 }
             }
