@@ -13,15 +13,29 @@ pub use crate::client::conn::Conn;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct GatewayArgs {
-    /// Gateway address (JSON lines over TCP).
+    /// Gateway address (JSON lines over TCP; `tls://host:port` over TLS).
     #[arg(long, env = "MANGAHUB_ADDR", default_value = "127.0.0.1:8081")]
     pub addr: String,
+    /// CA certificates (PEM) to check a TLS gateway's certificate with,
+    /// instead of the system's bundle (as `client --ca-cert`).
+    #[arg(long, env = "MANGAHUB_CA_CERT")]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Shared HS256 secret the gateway verifies tokens with.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: String,
     /// Connections opened at the same time.
     #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,
+}
+
+impl GatewayArgs {
+    /// Makes `--ca-cert` the trust of this process's TLS connections; call
+    /// before connecting.
+    pub fn trust(&self) {
+        if let Some(ca_cert) = &self.ca_cert {
+            conn::trust(ca_cert.clone());
+        }
+    }
 }
 
 /// One of the gateway's transports of the same protocol.
@@ -98,6 +112,7 @@ pub async fn open_many_with(
     count: usize,
     read_buffer: usize,
 ) -> anyhow::Result<Vec<Conn>> {
+    args.trust();
     let permits = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
     let tasks: Vec<_> = (0..count)
         .map(|i| {

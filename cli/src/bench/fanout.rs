@@ -380,6 +380,7 @@ pub struct GatewaySink {
 
 impl GatewaySink {
     pub async fn open(gateway: &GatewayArgs, run: i64) -> anyhow::Result<Self> {
+        gateway.trust();
         let token = crate::token::mint(
             &gateway.jwt_secret,
             &format!("bench-fanout-{run}-publisher"),

@@ -6,6 +6,7 @@
 
 pub mod conn;
 mod render;
+pub mod replies;
 pub mod session;
 mod shell;
 
@@ -254,7 +255,7 @@ async fn sync(
     loop {
         let data = strip_nulls(serde_json::json!({"cursor": cursor, "limit": limit}));
         let reply = session.request("sync", Some(&data.to_string())).await?;
-        let page = match render::SyncPage::of(&reply) {
+        let page = match render::sync_page(&reply) {
             Some(page) if reply.kind == "sync_result" => page,
             _ => {
                 print(&reply, json);
@@ -264,7 +265,7 @@ async fn sync(
         if json {
             println!("{}", reply.raw);
         } else {
-            for line in page.change_lines() {
+            for line in render::change_lines(&page) {
                 println!("{line}");
                 changes += 1;
             }

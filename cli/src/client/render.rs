@@ -3,10 +3,12 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::replies::{ListPage, SyncPage};
 use super::session::Message;
 
+/// A record as the gateway sends it, read for display.
 #[derive(Debug, Deserialize)]
-struct Record {
+pub struct Record {
     #[serde(default)]
     user_id: Option<String>,
     manga_id: i64,
@@ -53,47 +55,21 @@ impl Record {
     }
 }
 
-/// The `data` of a `sync_result`.
-#[derive(Debug, Deserialize)]
-pub struct SyncPage {
-    changes: Vec<Change>,
-    pub cursor: String,
-    pub more: bool,
+/// A `sync_result`'s page, its records read for display.
+pub fn sync_page(msg: &Message) -> Option<SyncPage<Record>> {
+    data(msg)
 }
 
-/// A struct, not a tagged enum: serde cannot buffer a tagged enum's content
-/// with the raw chapter inside.
-#[derive(Debug, Deserialize)]
-struct Change {
-    op: String,
-    #[serde(default)]
-    data: Option<Record>,
-    #[serde(default)]
-    manga_id: Option<i64>,
-}
-
-impl SyncPage {
-    pub fn of(msg: &Message) -> Option<Self> {
-        data(msg)
-    }
-
-    /// One line per change, oldest first.
-    pub fn change_lines(&self) -> Vec<String> {
-        self.changes
-            .iter()
-            .map(|change| match (&change.data, change.manga_id) {
-                (Some(record), _) => format!("{}: {}", change.op, record.line()),
-                (None, Some(manga_id)) => format!("{}: manga {manga_id}", change.op),
-                (None, None) => change.op.clone(),
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug, Deserialize)]
-struct List {
-    items: Vec<Record>,
-    next_cursor: Option<String>,
+/// One line per change of `page`, oldest first.
+pub fn change_lines(page: &SyncPage<Record>) -> Vec<String> {
+    page.changes
+        .iter()
+        .map(|change| match (&change.data, change.manga_id) {
+            (Some(record), _) => format!("{}: {}", change.op, record.line()),
+            (None, Some(manga_id)) => format!("{}: manga {manga_id}", change.op),
+            (None, None) => change.op.clone(),
+        })
+        .collect()
 }
 
 fn data<T: for<'de> Deserialize<'de>>(msg: &Message) -> Option<T> {
@@ -124,7 +100,7 @@ fn describe(msg: &Message) -> String {
             format!("{verdict}: {}", rec.map(|r| r.line()).unwrap_or_default())
         }
         "progress" => data::<Record>(msg).map(|r| r.line()).unwrap_or_default(),
-        "progress_list" => match data::<List>(msg) {
+        "progress_list" => match data::<ListPage<Record>>(msg) {
             Some(list) => {
                 let mut lines: Vec<String> = list.items.iter().map(Record::line).collect();
                 if lines.is_empty() {
@@ -147,9 +123,9 @@ fn describe(msg: &Message) -> String {
                 None => msg.raw.clone(),
             }
         }
-        "sync_result" => match SyncPage::of(msg) {
+        "sync_result" => match sync_page(msg) {
             Some(page) => {
-                let mut lines = page.change_lines();
+                let mut lines = change_lines(&page);
                 if lines.is_empty() {
                     lines.push("no changes".into());
                 }

@@ -1,6 +1,7 @@
 //! `mangahub client` over TLS: `tls://host:port` (JSON lines) and
 //! `wss://host:port/ws` to a gateway serving TLS on both ports, checking the
-//! gateway's certificate against `--ca-cert`.
+//! gateway's certificate against `--ca-cert`; and a gateway bench with the
+//! same option.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -136,4 +137,41 @@ async fn the_client_speaks_tls_on_both_ports_and_checks_the_certificate() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "connected without the CA: {err}");
     assert!(err.contains(why), "{err}");
+
+    // The gateway benches take the same `--ca-cert`: refused with the other
+    // CA, acknowledged updates with the gateway's.
+    let bench = |ca: &std::path::Path| {
+        let mut bench = mangahub();
+        bench
+            .args(["bench", "tcp-updates", "--addr", &tcp, "--ca-cert"])
+            .arg(ca)
+            .args(["--jwt-secret", SECRET, "--connections", "2"])
+            .args(["--duration", "300ms", "--warmup", "0s"]);
+        bench
+    };
+    let out = output(&mut bench(&other)).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the bench connected without the CA: {err}"
+    );
+    assert!(err.contains(why), "{err}");
+    let out = output(&mut bench(&ca)).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = stdout(&out);
+    // | connections | acked updates/s | p50 | p99 | max | not applied | rate limited | errors |
+    let row: Vec<&str> = table
+        .lines()
+        .find(|line| line.starts_with("| 2 |"))
+        .unwrap_or_else(|| panic!("no result row in {table}"))
+        .split('|')
+        .map(str::trim)
+        .collect();
+    let acked: f64 = row[2].parse().expect("acked updates/s");
+    assert!(acked > 0.0, "no update acknowledged over TLS: {table}");
+    assert_eq!(row[8], "0", "errors over TLS: {table}");
 }

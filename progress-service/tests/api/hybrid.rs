@@ -496,3 +496,90 @@ async fn a_replica_never_acts_on_its_memory_of_an_overwritten_record() {
     assert_eq!(next.progress.map(|p| p.version), Some(4));
     assert_eq!(hash(&a, "memo", 1).await["version"], "4");
 }
+
+/// A batch bigger than one acknowledgement call (128 queue entries, 128
+/// records per call) is acknowledged in full: nothing left queued or
+/// pending, every flushed hash and delete marker given its TTL, every row
+/// and marker in Postgres.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_many_records_is_acknowledged_in_full() {
+    // Exactly one flush, when the 400th entry is read.
+    let app = spawn_app_with(
+        Backend::Hybrid,
+        &["--batch-max-size", "400", "--batch-interval", "1h"],
+    )
+    .await;
+    let user = "ackall";
+    // 300 records created, 80 of them updated again, 20 others deleted:
+    // 400 queue entries, 280 upserts and 20 deletes once collapsed.
+    let creates = (1..=300).map(|m| update_req(user, m, "1")).collect();
+    let again = (1..=80).map(|m| update_req(user, m, "2")).collect();
+    for updates in [creates, again] {
+        for result in app.send_batch(updates).await {
+            assert!(
+                matches!(
+                    result.result,
+                    Some(pb::update_progress_result::Result::Ok(_))
+                ),
+                "{result:?}"
+            );
+        }
+    }
+    for manga in 281..=300 {
+        app.delete(user, manga).await.expect("deleted");
+    }
+    app.wait_flushed().await;
+
+    let mut conn = app.redis_conn().await;
+    let (pending, members): (redis::Value, u64) = redis::pipe()
+        .cmd("XPENDING")
+        .arg(progress_service::store::hybrid::STREAM)
+        .arg(progress_service::store::hybrid::GROUP)
+        .zcard(format!("mh:pending:{user}"))
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING, ZCARD");
+    let redis::Value::Array(summary) = pending else {
+        panic!("XPENDING answered {pending:?}");
+    };
+    assert_eq!(
+        summary.first(),
+        Some(&redis::Value::Int(0)),
+        "entries left pending"
+    );
+    assert_eq!(members, 0, "records left in the pending set");
+    let mut ttls = redis::pipe();
+    for manga in 1..=280 {
+        ttls.pttl(format!("progress:{user}:{manga}"));
+    }
+    for manga in 281..=300 {
+        ttls.pttl(format!("mh:tomb:{user}:{manga}"));
+    }
+    let ttls: Vec<i64> = ttls.query_async(&mut conn).await.expect("PTTL");
+    let without: Vec<usize> = (1..=300)
+        .zip(&ttls)
+        .filter(|(_, ttl)| **ttl <= 0)
+        .map(|(manga, _)| manga)
+        .collect();
+    assert!(
+        without.is_empty(),
+        "flushed but kept without a TTL: {without:?}"
+    );
+
+    let pool = app.pg_pool().await;
+    let (rows, twice): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE version = 2)
+           FROM user_progress WHERE user_id = $1",
+    )
+    .bind(user)
+    .fetch_one(&pool)
+    .await
+    .expect("rows");
+    let (markers,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM progress_tombstones WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&pool)
+            .await
+            .expect("markers");
+    assert_eq!((rows, twice, markers), (280, 80, 20));
+}

@@ -139,6 +139,8 @@ async fn measure(
         addr: stack.gateway.to_string(),
         jwt_secret: stack.jwt_secret.clone(),
         connect_concurrency: args.connect_concurrency,
+        // The stack started here serves no TLS.
+        ca_cert: None,
     };
     let run = conns::run_id();
     eprintln!("restart: opening {} idle clients…", args.clients);

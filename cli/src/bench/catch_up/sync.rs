@@ -24,6 +24,7 @@ use crate::bench::conns::{self, Conn, GatewayArgs};
 use crate::bench::processes::Binaries;
 use crate::bench::stack::{Stack, StackOptions};
 use crate::bench::stats::Samples;
+use crate::client::replies::{ListPage, SyncPage};
 
 const SPARE_FDS: u64 = 64;
 /// Most updates per `UpdateProgressBatch` (the service's limit).
@@ -54,32 +55,9 @@ struct Line<'a> {
 }
 
 #[derive(Deserialize)]
-struct SyncData {
-    changes: Vec<Change>,
-    cursor: String,
-    more: bool,
-}
-
-#[derive(Deserialize)]
-struct Change {
-    op: String,
-    #[serde(default)]
-    data: Option<RecordLite>,
-    #[serde(default)]
-    manga_id: Option<i64>,
-}
-
-#[derive(Deserialize)]
 struct RecordLite {
     manga_id: i64,
     chapter: serde_json::Number,
-}
-
-#[derive(Deserialize)]
-struct ListData {
-    items: Vec<RecordLite>,
-    #[serde(default)]
-    next_cursor: Option<String>,
 }
 
 /// One phase's results over every device.
@@ -160,6 +138,8 @@ async fn measure(args: &CatchUpArgs, stack: &Stack) -> anyhow::Result<Table> {
         addr: stack.gateway.to_string(),
         jwt_secret: stack.jwt_secret.clone(),
         connect_concurrency: args.connect_concurrency,
+        // The stack started here serves no TLS.
+        ca_cert: None,
     };
     // A device that stays connected: when its own event arrives after the
     // last write, the gateway has delivered every event before it.
@@ -528,7 +508,7 @@ async fn sync_device(
         })
         .to_string();
         let data = exchange(conn, &request, "sync_result", tally).await?;
-        let page: SyncData = serde_json::from_str(data)?;
+        let page: SyncPage<RecordLite> = serde_json::from_str(data)?;
         for change in page.changes {
             match (change.op.as_str(), change.data, change.manga_id) {
                 ("updated", Some(record), _) => {
@@ -560,7 +540,7 @@ async fn list_device(conn: &mut Conn, tally: &mut Tally) -> anyhow::Result<HashM
         let request =
             serde_json::json!({"type": "list_progress", "id": id, "data": data}).to_string();
         let reply = exchange(conn, &request, "progress_list", tally).await?;
-        let page: ListData = serde_json::from_str(reply)?;
+        let page: ListPage<RecordLite> = serde_json::from_str(reply)?;
         for record in &page.items {
             got.insert(record.manga_id, chapter(record)?);
         }

@@ -26,8 +26,8 @@ const SYSTEM_BUNDLES: [&str; 3] = [
     "/etc/ssl/cert.pem",
 ];
 
-/// The `--ca-cert` of this process's `client` command, set once before it
-/// connects (the benches' connections use the system's bundle).
+/// The `--ca-cert` of this process's `client` command or gateway bench, set
+/// once before it connects.
 static CA_FILE: OnceLock<PathBuf> = OnceLock::new();
 
 /// Trust the CA certificates in `file` (PEM) instead of the system's.

@@ -1,6 +1,7 @@
--- After a batch committed to Postgres: acknowledge and remove its queue
--- entries, and let the cached copies it made durable expire - but only
--- where Redis still holds exactly the flushed change.
+-- After a batch committed to Postgres (called for a part of it at a time):
+-- acknowledge and remove queue entries, and let the cached copies the batch
+-- made durable expire - but only where Redis still holds exactly the flushed
+-- change.
 -- KEYS: 1 stream, then per flushed record: hash, tombstone, pending set
 -- ARGV: 1 group, 2 ttl seconds, 3 number of entry ids, then the ids,
 --       then per flushed record: op, manga id, seq
@@ -22,10 +23,9 @@ while a + 2 <= #ARGV do
   elseif redis.call('GET', KEYS[k + 1]) == seq then
     redis.call('EXPIRE', KEYS[k + 1], ARGV[2])
   end
-  local score = redis.call('ZSCORE', KEYS[k + 2], manga)
-  if score and tonumber(score) == tonumber(seq) then
-    redis.call('ZREM', KEYS[k + 2], manga)
-  end
+  -- The member only if its score is still this change's seq: seqs are
+  -- unique, so no other member has it.
+  redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], seq, seq)
   a = a + 3
   k = k + 3
 end

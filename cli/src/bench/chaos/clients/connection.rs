@@ -14,6 +14,7 @@ use super::{Broken, Conn, Device};
 use crate::bench::chaos::history::{
     Attempt, Outcome, Receipt, Record, Session as SessionLog, SessionEnd, Via,
 };
+use crate::client::replies::{self, SyncPage};
 use crate::client::session::{Message, Session};
 
 /// A reply slower than this closes the connection. The gateway answers
@@ -25,25 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 const SYNC_LIMIT: u32 = 500;
 const LIST_LIMIT: u32 = 1000;
 
-#[derive(Deserialize)]
-struct SyncResult {
-    changes: Vec<Change>,
-    cursor: String,
-    more: bool,
-}
-
-#[derive(Deserialize)]
-struct Change {
-    op: String,
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
-}
-
-#[derive(Deserialize)]
-struct ListPage {
-    items: Vec<Box<RawValue>>,
-    next_cursor: Option<String>,
-}
+/// Records are kept raw until `Record::parse` reads them.
+type SyncResult = SyncPage<Box<RawValue>>;
+type ListPage = replies::ListPage<Box<RawValue>>;
 
 #[derive(Deserialize)]
 struct SystemData {
