@@ -94,7 +94,7 @@ impl<R: ReadSource> FrameSource for LineReader<R> {
     }
 
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send {
-        self.inner.wait_readable()
+        self.inner.wait_input(&mut self.buf)
     }
 
     fn decode_buffered(&mut self) -> io::Result<Option<Frame>> {
@@ -183,6 +183,27 @@ mod tests {
             Frame::TooLarge
         ));
         assert_eq!(line(lines.next().await.expect("frame")), "ok");
+    }
+
+    /// Over a source without readiness (TLS is one), the idle wait still
+    /// waits for bytes, reading them itself, and the line is then there.
+    #[tokio::test]
+    async fn the_idle_wait_waits_for_input_where_the_source_has_no_readiness() {
+        let (mut client, server) = tokio::io::duplex(256);
+        let (read, _write) = tokio::io::split(server);
+        let mut lines = LineReader::new(read, 100);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        {
+            let mut wait = std::pin::pin!(lines.wait_readable());
+            assert!(
+                wait.as_mut().poll(&mut cx).is_pending(),
+                "resolved with nothing sent"
+            );
+            client.write_all(b"hello\n").await.expect("write");
+            wait.await.expect("readable");
+        }
+        assert!(lines.has_buffered(), "the wait read what arrived");
+        assert_eq!(line(lines.next().await.expect("frame")), "hello");
     }
 
     #[tokio::test]

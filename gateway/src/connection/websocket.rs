@@ -277,7 +277,7 @@ impl<R: ReadSource> FrameSource for MessageReader<R> {
     }
 
     fn wait_readable(&mut self) -> impl Future<Output = io::Result<Ready>> + Send {
-        self.inner.wait_readable()
+        self.inner.wait_input(&mut self.buf)
     }
 
     fn decode_buffered(&mut self) -> io::Result<Option<Frame>> {
