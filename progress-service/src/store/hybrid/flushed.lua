@@ -4,7 +4,7 @@
 -- change.
 -- KEYS: 1 stream, then per flushed record: hash, tombstone, pending set
 -- ARGV: 1 group, 2 ttl seconds, 3 number of entry ids, then the ids,
---       then per flushed record: op, manga id, seq
+--       then per flushed record: op, seq
 local n = tonumber(ARGV[3])
 local chunk = 500
 for i = 4, 3 + n, chunk do
@@ -14,8 +14,8 @@ for i = 4, 3 + n, chunk do
 end
 local a = 4 + n
 local k = 2
-while a + 2 <= #ARGV do
-  local op, manga, seq = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+while a + 1 <= #ARGV do
+  local op, seq = ARGV[a], ARGV[a + 1]
   if op == 'u' then
     if redis.call('HGET', KEYS[k], 'seq') == seq then
       redis.call('EXPIRE', KEYS[k], ARGV[2])
@@ -26,7 +26,7 @@ while a + 2 <= #ARGV do
   -- The member only if its score is still this change's seq: seqs are
   -- unique, so no other member has it.
   redis.call('ZREMRANGEBYSCORE', KEYS[k + 2], seq, seq)
-  a = a + 3
+  a = a + 2
   k = k + 3
 end
 return n
