@@ -1,7 +1,9 @@
 //! What a transport's reader hands the connection loop, whatever the
 //! framing: JSON lines on TCP (`lines`), WebSocket messages (`websocket`).
-//! Both read the same way (`fill`): while a connection is idle no read buffer
-//! is held, and one is allocated only when bytes are there.
+//! Both read the same way (`fill`): while a connection over a socket is idle
+//! no read buffer is held, and one is allocated only when bytes are there
+//! (over TLS, where only a read tells, the idle wait holds the first read's
+//! buffer: `ReadSource::wait_input`).
 
 use std::future::Future;
 use std::io;

@@ -389,14 +389,7 @@ impl BatchWriter {
             .map(|(p, seq)| ('u', &p.key, *seq))
             .chain(batch.deletes.iter().map(|(k, seq)| ('d', k, *seq)))
             .collect();
-        // Redis runs one script at a time: a batch's acknowledgements go in
-        // several short calls, so no update waits behind a whole batch's.
-        let calls = entries
-            .len()
-            .div_ceil(ACK_CHUNK)
-            .max(flushed.len().div_ceil(ACK_CHUNK));
-        for call in 0..calls {
-            let ids = chunk(entries, call);
+        for (ids, records) in ack_calls(entries, &flushed) {
             let mut inv = self.flushed.prepare_invoke();
             inv.key(codec::STREAM)
                 .arg(codec::GROUP)
@@ -405,7 +398,7 @@ impl BatchWriter {
             for entry in ids {
                 inv.arg(&entry.id);
             }
-            for (op, key, seq) in chunk(&flushed, call) {
+            for (op, key, seq) in records {
                 inv.key(codec::hash_key(key))
                     .key(codec::tomb_key(key))
                     .key(codec::pending_key(&key.user_id))
@@ -460,14 +453,23 @@ impl BatchWriter {
     }
 }
 
-/// Most entry ids, and most records, one acknowledgement script call takes
-/// (about half a millisecond of Redis time each).
+/// Most records, or most entry ids, one acknowledgement script call takes
+/// (at most about half a millisecond of Redis time).
 const ACK_CHUNK: usize = 128;
 
-/// The `call`th run of `ACK_CHUNK` items of `items` (empty past the end).
-fn chunk<T>(items: &[T], call: usize) -> &[T] {
-    let start = (call * ACK_CHUNK).min(items.len());
-    &items[start..(start + ACK_CHUNK).min(items.len())]
+/// A committed batch's acknowledgement calls: `(entry ids, records)` each.
+/// Redis runs one script at a time, so the batch goes in several short calls
+/// and no update waits behind a whole batch's. The records' calls (their TTL,
+/// their pending mark) come first and the entries' after them: a crash in
+/// between leaves entries queued, flushed again later, which changes nothing;
+/// never a record still marked pending without an entry to clear it.
+fn ack_calls<'a, E, R>(
+    entries: &'a [E],
+    records: &'a [R],
+) -> impl Iterator<Item = (&'a [E], &'a [R])> {
+    let record_calls = records.chunks(ACK_CHUNK).map(|part| (&[][..], part));
+    let entry_calls = entries.chunks(ACK_CHUNK).map(|part| (part, &[][..]));
+    record_calls.chain(entry_calls)
 }
 
 /// Sequences are written as plain integers by the scripts (`%.0f`).
@@ -544,6 +546,18 @@ mod tests {
             change: Some(change),
             raw: StreamId::default(),
         }
+    }
+
+    #[test]
+    fn a_batch_is_acknowledged_in_short_calls_records_before_entries() {
+        let entries: Vec<u32> = (0..300).collect();
+        let records: Vec<u32> = (0..200).collect();
+        let calls: Vec<(&[u32], &[u32])> = ack_calls(&entries, &records).collect();
+        let shape: Vec<(usize, usize)> = calls.iter().map(|(e, r)| (e.len(), r.len())).collect();
+        assert_eq!(shape, [(0, 128), (0, 72), (128, 0), (128, 0), (44, 0)]);
+        let acked: Vec<u32> = calls.iter().flat_map(|(e, _)| e.iter().copied()).collect();
+        let cleared: Vec<u32> = calls.iter().flat_map(|(_, r)| r.iter().copied()).collect();
+        assert_eq!((acked, cleared), (entries, records), "each once, in order");
     }
 
     #[test]
