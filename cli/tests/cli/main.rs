@@ -4,6 +4,8 @@
 mod client;
 mod dev;
 mod helpers;
+#[path = "../common/in_process.rs"]
+mod in_process;
 mod shell;
 mod sync;
 mod tls;

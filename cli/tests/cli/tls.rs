@@ -6,10 +6,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
-use tokio::sync::oneshot;
-
-use crate::helpers::{SECRET, WAIT, mangahub, output, stdout};
+use crate::helpers::{SECRET, mangahub, output, stdout};
+use crate::in_process::{Gateway, progress_service};
 
 /// The gateway tests' self-signed certificate for `localhost`, and its key.
 fn fixture(name: &str) -> PathBuf {
@@ -18,79 +16,24 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A progress service (SQLite) and a gateway with TLS on both ports, in this
-/// process; stopped when dropped with the runtime.
-struct TlsGateway {
-    tcp: SocketAddr,
-    ws: SocketAddr,
-    _stop: oneshot::Sender<()>,
-    _progress: progress_service::Running,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_tls_gateway() -> TlsGateway {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let db = format!("sqlite://{}", dir.path().join("progress.db").display());
-    let config = progress_service::Config::try_parse_from([
-        "progress-service",
-        "--listen",
-        "127.0.0.1:0",
-        "--database-url",
-        &db,
-    ])
-    .expect("progress config");
-    let progress = progress_service::Application::build(config)
-        .await
-        .expect("progress service")
-        .spawn();
-    let progress_url = format!("http://{}", progress.local_addr());
-    let cert = fixture("tls-cert.pem").display().to_string();
-    let key = fixture("tls-key.pem").display().to_string();
-    let config = gateway::Config::try_parse_from([
-        "gateway",
-        "--listen",
-        "127.0.0.1:0",
-        "--ws-listen",
-        "127.0.0.1:0",
-        "--progress-url",
-        &progress_url,
-        "--jwt-secret",
-        SECRET,
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-    ])
-    .expect("gateway config");
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .expect("bind");
-    let gateway = gateway::Gateway::build(listener, config).expect("gateway");
-    let tcp = gateway.local_addr().expect("TCP port");
-    let ws = gateway.ws_addr().expect("WebSocket port");
-    let mut readiness = gateway.readiness();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(gateway.run(async {
-        let _ = stopped.await;
-    }));
-    assert!(
-        tokio::time::timeout(WAIT, readiness.wait())
-            .await
-            .expect("the gateway reaches the progress service in time"),
-        "the gateway is ready"
-    );
-    TlsGateway {
-        tcp,
-        ws,
-        _stop: stop,
-        _progress: progress,
-        _dir: dir,
-    }
-}
-
 #[tokio::test]
 async fn the_client_speaks_tls_on_both_ports_and_checks_the_certificate() {
-    let gateway = start_tls_gateway().await;
+    // A progress service and a gateway with TLS on both ports, in this process.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let progress = progress_service(dir.path()).await;
+    let (cert, key) = (fixture("tls-cert.pem"), fixture("tls-key.pem"));
+    let gateway = Gateway::start(
+        progress.local_addr(),
+        SECRET,
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        &[
+            "--tls-cert",
+            &cert.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+        ],
+    )
+    .await;
     let ca = fixture("tls-cert.pem");
     // The certificate names `localhost` and 127.0.0.1: one address of each
     // kind.
@@ -174,4 +117,6 @@ async fn the_client_speaks_tls_on_both_ports_and_checks_the_certificate() {
     let acked: f64 = row[2].parse().expect("acked updates/s");
     assert!(acked > 0.0, "no update acknowledged over TLS: {table}");
     assert_eq!(row[8], "0", "errors over TLS: {table}");
+    gateway.stop().await;
+    progress.stop().await.expect("the progress service stops");
 }

@@ -15,15 +15,14 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use serde_json::{Value, json};
 use testkit::LineClient;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::compose::repo_root;
+use crate::in_process::{Gateway, progress_service};
 
 const SECRET: &str = "live-page-test-secret";
 /// Chromium's first start on a loaded 2-core machine.
@@ -66,60 +65,6 @@ fn screenshot_path(tmp: &Path) -> PathBuf {
     match std::env::var_os("MANGAHUB_SCREENSHOT") {
         Some(path) => repo_root().join(path),
         None => tmp.join("live-page.png"),
-    }
-}
-
-/// A gateway in this process with its TCP and WebSocket ports.
-struct Gateway {
-    tcp: SocketAddr,
-    ws: SocketAddr,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<anyhow::Result<()>>,
-}
-
-impl Gateway {
-    async fn start(progress: SocketAddr, ws_listen: SocketAddr) -> Gateway {
-        let config = gateway::Config::try_parse_from([
-            "gateway".to_owned(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--ws-listen".into(),
-            ws_listen.to_string(),
-            "--progress-url".into(),
-            format!("http://{progress}"),
-            "--jwt-secret".into(),
-            SECRET.into(),
-        ])
-        .expect("gateway settings");
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .expect("binding the gateway's TCP port");
-        let gateway = gateway::Gateway::build(listener, config).expect("gateway builds");
-        let tcp = gateway.local_addr().expect("TCP address");
-        let ws = gateway.ws_addr().expect("the WebSocket port is on");
-        let mut readiness = gateway.readiness();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(gateway.run(async {
-            let _ = stopped.await;
-        }));
-        tokio::time::timeout(STARTUP, readiness.wait())
-            .await
-            .expect("the gateway reaches the progress service");
-        Gateway {
-            tcp,
-            ws,
-            stop,
-            task,
-        }
-    }
-
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        tokio::time::timeout(STEP, self.task)
-            .await
-            .expect("the gateway stops in time")
-            .expect("gateway task")
-            .expect("the gateway stops cleanly");
     }
 }
 
@@ -253,20 +198,9 @@ fn row(rows: &[Value], manga: i64) -> &Value {
 async fn live_page_in_chromium_syncs_with_a_tcp_device() {
     let script = prerequisites();
     let tmp = tempfile::tempdir().expect("temp dir");
-    let progress_config = progress_service::Config::try_parse_from([
-        "progress-service".to_owned(),
-        "--listen".into(),
-        "127.0.0.1:0".into(),
-        "--database-url".into(),
-        format!("sqlite://{}", tmp.path().join("progress.db").display()),
-    ])
-    .expect("progress-service settings");
-    let progress = progress_service::Application::build(progress_config)
-        .await
-        .expect("progress service builds")
-        .spawn();
-    let gateway =
-        Gateway::start(progress.local_addr(), SocketAddr::from(([127, 0, 0, 1], 0))).await;
+    let progress = progress_service(tmp.path()).await;
+    let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+    let gateway = Gateway::start(progress.local_addr(), SECRET, any_port, &[]).await;
 
     let token = gateway::auth::mint_hs256(
         SECRET.as_bytes(),
@@ -382,7 +316,7 @@ async fn live_page_in_chromium_syncs_with_a_tcp_device() {
     gateway.stop().await;
     let state = page.command("STATE disconnected", "STATE").await;
     assert!(state.contains("shut down"), "{state}");
-    let gateway = Gateway::start(progress_addr, ws).await;
+    let gateway = Gateway::start(progress_addr, SECRET, ws, &[]).await;
     page.command("STATE connected", "STATE").await;
     let rows = page.rows().await;
     assert_eq!(rows.len(), 3, "{rows:?}");

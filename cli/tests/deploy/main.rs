@@ -9,6 +9,8 @@ mod binaries;
 mod compose;
 mod compose_check;
 mod failover;
+#[path = "../common/in_process.rs"]
+mod in_process;
 mod live_page;
 mod process;
 mod restart;
